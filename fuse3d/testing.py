@@ -59,11 +59,11 @@ def randomize_(model: nn.Module, generator: torch.Generator, gain: float = 1.0) 
             fan_in = p[0].numel() if p.ndim > 2 else p.shape[1]
             if "pos_embed" in name or "token" in name:
                 fan_in = 1
-            p.copy_(torch.randn(p.shape, generator=generator) * gain / math.sqrt(fan_in))
+            p.copy_(torch.randn(p.shape, generator=generator, device=generator.device) * gain / math.sqrt(fan_in))
         elif leaf in ("weight", "gamma"):
-            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator, device=generator.device))
         else:
-            p.copy_(0.02 * torch.randn(p.shape, generator=generator))
+            p.copy_(0.02 * torch.randn(p.shape, generator=generator, device=generator.device))
     return model
 
 
@@ -107,3 +107,24 @@ def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int =
         fuse3d_meta={"model_name": TINY_MODEL_NAME,
                      "description": "tiny random-weight TRELLIS-architecture model written by fuse3d.testing; outputs are meaningless"},
     )
+
+
+def shell_structure(target_voxels: int = 20000, resolution: int = 64) -> torch.Tensor:
+    """A fixed, realistic-looking structure: a thick spherical shell with about ``target_voxels`` voxels.
+
+    Returns coords ``[N, 4]`` int32 (batch 0), sorted as a sampled structure would be. TRELLIS
+    structures are surface shells, so a shell is a fair stand-in for benchmarks.
+    """
+    axis = torch.arange(resolution, dtype=torch.float32) - (resolution - 1) / 2
+    r = torch.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
+    outer = resolution * 0.45
+    # choose the thickness whose shell volume is closest to the target
+    best = None
+    for tenth in range(5, 200):
+        t = tenth / 10
+        n = int(((r <= outer) & (r > outer - t)).sum())
+        if best is None or abs(n - target_voxels) < abs(best[1] - target_voxels):
+            best = (t, n)
+    occ = (r <= outer) & (r > outer - best[0])
+    xyz = torch.argwhere(occ)
+    return torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], dim=1).int()

@@ -107,9 +107,9 @@ def check_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sour
         problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}{' …' if len(unexpected) > 5 else ''}")
-    for k, v in state_dict.items():
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
-            problems.append(f"key {k!r}: expected shape {list(expected[k].shape)}, found {list(v.shape)}")
+    for k, v in expected.items():  # first mismatch in the network's own order
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape):
+            problems.append(f"key {k!r}: expected shape {list(v.shape)}, found {list(state_dict[k].shape)}")
             break
     if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
