@@ -4,7 +4,7 @@
 same resolutions: 16³ structure latent, 64³ voxels, 518² images, 37×37 patches) plus a tiny
 DINOv2-architecture encoder, re-draws every parameter at random (so zero-initialised layers do not
 hide mistakes) and writes ``pipeline.json`` + ``ckpts/*``. The structure decoder's output bias is
-calibrated so that a sampled structure has a few thousand active voxels. Its outputs mean nothing:
+calibrated so that a sampled structure has about 1000 active voxels. Its outputs mean nothing:
 it exists so that every code path runs fast on a CPU.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _calibrate_structure(flow: nn.Module, decoder: nn.Module, encoder: nn.Module
     decoder.out_layer[-1].bias -= threshold - 1e-3
 
 
-def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int = 3000) -> Path:
+def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int = 1000) -> Path:
     """Write the tiny random model to ``path`` (a folder); returns the folder."""
     g = torch.Generator().manual_seed(seed)
     networks = {}
@@ -96,7 +96,7 @@ def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int =
     encoder = DinoV2Encoder(**TINY_ENCODER).eval()
     randomize_(encoder, g)
     _calibrate_structure(built["sparse_structure_flow_model"], built["sparse_structure_decoder"], encoder, target_voxels, seed)
-    params = {"steps": 6, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
+    params = {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
     return write_pipeline(
         path,
         networks,

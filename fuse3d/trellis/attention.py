@@ -20,6 +20,7 @@ Processor protocol::
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -37,6 +38,7 @@ __all__ = [
     "attn_processors",
     "set_attn_processor",
     "window_partition",
+    "use_attn_processors",
 ]
 
 
@@ -264,3 +266,17 @@ def set_attn_processor(root: nn.Module, processor) -> None:
     else:
         for m in modules.values():
             m.processor = processor
+
+
+@contextlib.contextmanager
+def use_attn_processors(root: nn.Module, processors: Dict[str, object]):
+    """Install ``{module path: processor}`` below ``root`` for the duration of a ``with`` block.
+
+    The previous processors come back when the block ends, whatever happens inside it.
+    """
+    previous = attn_processors(root)
+    set_attn_processor(root, processors)
+    try:
+        yield root
+    finally:
+        set_attn_processor(root, {path: previous[path] for path in processors})

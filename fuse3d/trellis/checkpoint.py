@@ -204,3 +204,28 @@ def resolve_folder(path_or_repo: PathLike) -> Tuple[str, Callable[[str], Path]]:
 
     fetch("pipeline.json")
     return spec, fetch
+
+
+def file_fingerprint(path: PathLike, h=None):
+    """Update (or start) a SHA-256 with a file's identity: its size and, for safetensors, its header.
+
+    Reading the header (names, dtypes, shapes, offsets) instead of gigabytes of weights keeps this
+    instant; two checkpoints with identical headers and sizes but different values would collide,
+    which is why fuse3d also keys on the model folder's JSON files.
+    """
+    import hashlib
+    import struct
+
+    h = h or hashlib.sha256()
+    path = Path(path)
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors" and size >= 8:
+            (n,) = struct.unpack("<Q", f.read(8))
+            h.update(f.read(min(n, 64 << 20)))
+            f.seek(max(size - (1 << 20), 8 + n))  # and the last MiB of tensor data
+            h.update(f.read())
+        else:
+            h.update(f.read())
+    return h

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, PathLike, load_network, read_json, resolve_folder, save_network, write_json
+from .checkpoint import (CheckpointError, PathLike, file_fingerprint, load_network, read_json, resolve_folder,
+                         save_network, write_json)
 from .dinov2 import DINOV2_HUB_NAMES, DinoV2Encoder, images_to_pixels, load_dinov2
 from .sampler import FlowEulerSampler, ModelCall, SamplerOutput, make_sampler
 from .sparse import SparseTensor
@@ -174,19 +175,31 @@ def load_pipeline(path_or_repo: PathLike, device: Union[str, torch.device] = "cp
         if key not in config:
             raise CheckpointError(f"{label}/pipeline.json has no args.{key}")
     networks: Dict[str, nn.Module] = {}
+    fingerprint = file_fingerprint(fetch("pipeline.json"))
     items = [(k, v) for k, v in config["models"].items()]
     for key, rel in tqdm(items, desc="Loading networks", disable=not progress, leave=False):
         if key not in MODEL_KEYS:
             continue  # e.g. a text-conditioned sibling's extra networks
         networks[MODEL_KEYS[key]] = load_network(rel, device=device, dtype=dtype, fetch=fetch)
+        for suffix in (".json", ".safetensors"):
+            file_fingerprint(fetch(rel + suffix), fingerprint)
     cond_model = config.get("image_cond_model", "dinov2_vitl14_reg")
     if cond_model in DINOV2_HUB_NAMES:
+        from .dinov2 import resolve_dinov2_weights
+
         encoder = load_dinov2(cond_model, dinov2, device=device)
+        file_fingerprint(resolve_dinov2_weights(cond_model, dinov2), fingerprint)
     else:
         encoder = load_network(cond_model, device=device, dtype="fp32", fetch=fetch)
+        for suffix in (".json", ".safetensors"):
+            file_fingerprint(fetch(cond_model + suffix), fingerprint)
     meta = doc.get("fuse3d", {})
     name = meta.get("model_name") or (Path(label).name if Path(label).exists() else label)
     pipe = TrellisPipeline(networks, encoder, config, model_name=name, source=label)
+    pipe.description = meta.get("description", "")
+    block_dtype = next(iter(networks["slat_flow"].blocks.parameters())).dtype
+    fingerprint.update(f"{torch.device(device).type}:{block_dtype}".encode())
+    pipe.fingerprint = fingerprint.hexdigest()
     return pipe.to(device)
 
 

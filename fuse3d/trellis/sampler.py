@@ -89,7 +89,9 @@ class FlowEulerSampler:
                 unconditional tokens). Batch 1 is repeated to ``B``.
             cfg_strength: guidance weight ``w`` (0 disables the unconditional pass).
             cfg_interval: ``(lo, hi)``: guidance applies while ``lo <= t <= hi``.
-            on_step: called as ``on_step(step, t, x)`` after each step with the new ``x``.
+            on_step: called as ``on_step(step, t, x)`` after each step with the new ``x`` and the
+                time ``t`` it belongs to; a return value other than ``None`` replaces ``x``
+                (used e.g. to keep some voxels on a fixed trajectory while inpainting).
             call_context: ``f(ModelCall) -> context manager`` entered around each network call.
             progress: show a tqdm bar.
             keep_trajectory: also return ``x`` and the ``x0`` prediction after every step.
@@ -121,7 +123,9 @@ class FlowEulerSampler:
                 out.pred_x_t.append(x)
                 out.pred_x_0.append(x0)
             if on_step is not None:
-                on_step(i, t, x)
+                replaced = on_step(i, t_next, x)
+                if replaced is not None:
+                    x = replaced
         out.samples = x
         return out
 

@@ -1,0 +1,208 @@
+"""Attention processors for Fuse3D: capturing (DAAM-style running sums) and enhancing.
+
+They plug into the cross-attention modules of the latent flow (``slat_flow.blocks.i.cross_attn``)
+through :func:`fuse3d.trellis.attention.use_attn_processors`. A shared :class:`CallTracker` tells
+them the sampler step and CFG branch of the current network call; they act on the conditional pass
+only and compute the outputs with fused attention.
+
+Capture never stores a ``[heads, cells, tokens]`` map per block and step: it adds, per batch
+element, what alignment needs to running sums:
+
+* a *forward* target (a local image) sums, over its selected tokens, the attention normalised over
+  tokens → ``[heads, cells]``; optional per-block ``[blocks, heads, cells]`` and per-step
+  ``[steps, heads, cells]`` sums for drill-down views;
+* a *reverse* target (the global image) keeps the attention normalised over cells for its
+  candidate tokens → ``[heads, cells, candidates]`` (one aggregated map, needed because the
+  unaligned cells it is summed over change whenever thresholds are retuned).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..trellis.sampler import ModelCall
+from .enhancement import EnhancementTables, enhanced_attention, flex_score_mod
+
+
+class CallTracker:
+    """Remembers the sampler step and branch of the network call in progress.
+
+    Pass it as the sampler's ``call_context``; processors read ``step`` and ``branch``.
+    """
+
+    def __init__(self):
+        self.step: int = -1
+        self.branch: str = "cond"
+        self.calls: List[ModelCall] = []
+
+    @contextlib.contextmanager
+    def __call__(self, call: ModelCall):
+        self.step, self.branch = call.step, call.branch
+        self.calls.append(call)
+        try:
+            yield
+        finally:
+            self.branch = "cond"
+
+
+def sdpa(attn, q, k, v, key_mask: Optional[torch.Tensor] = None):
+    """Fused attention ``[b, L, H, D]`` with an optional key mask ``[b, T]`` (True = real token)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask, scale=attn.scale)
+    return out.transpose(1, 2)
+
+
+@dataclass
+class CaptureTarget:
+    """What to accumulate for one batch element of a capture sampling.
+
+    ``kind="forward"``: ``tokens`` are the selected token indices (into that element's condition).
+    ``kind="reverse"``: ``tokens`` are the candidate token indices whose cell-normalised attention is kept.
+    """
+
+    kind: str
+    tokens: torch.Tensor
+
+
+@dataclass
+class CaptureSums:
+    """Running sums of one batch element, and how many (block, step) calls went into them."""
+
+    total: torch.Tensor
+    by_block: Optional[torch.Tensor] = None
+    by_step: Optional[torch.Tensor] = None
+    count: int = 0
+    block_counts: Optional[torch.Tensor] = None
+    step_counts: Optional[torch.Tensor] = None
+
+    def mean(self) -> Dict[str, torch.Tensor]:
+        """Averages: ``total`` over all captured calls, ``by_block``/``by_step`` over their own calls."""
+        if self.count == 0:
+            raise RuntimeError("nothing was captured: check the capture blocks and steps")
+        out = {"mean": self.total / self.count}
+        if self.by_block is not None:
+            out["by_block"] = self.by_block / self.block_counts.clamp(min=1).view(-1, *[1] * (self.by_block.ndim - 1))
+        if self.by_step is not None:
+            out["by_step"] = self.by_step / self.step_counts.clamp(min=1).view(-1, *[1] * (self.by_step.ndim - 1))
+        return out
+
+
+class CaptureState:
+    """Accumulators shared by the capture processors of one sampling.
+
+    Args:
+        targets: one :class:`CaptureTarget` per batch element.
+        num_heads, num_cells, num_blocks, num_steps: sizes.
+        blocks, steps: which block and step indices to aggregate (``None`` = all).
+        key_mask: ``[B, tokens]`` bool when conditions were padded to a common length.
+        detail: also keep per-block and per-step sums for forward targets.
+    """
+
+    def __init__(self, targets: Sequence[CaptureTarget], num_heads: int, num_cells: int, num_blocks: int,
+                 num_steps: int, blocks: Optional[Sequence[int]] = None, steps: Optional[Sequence[int]] = None,
+                 key_mask: Optional[torch.Tensor] = None, detail: bool = True, device="cpu"):
+        self.targets = list(targets)
+        self.blocks = None if blocks is None else set(int(b) for b in blocks)
+        self.steps = None if steps is None else set(int(s) for s in steps)
+        self.key_mask = key_mask
+        self.sums: List[CaptureSums] = []
+        for t in self.targets:
+            if t.kind == "forward":
+                s = CaptureSums(torch.zeros(num_heads, num_cells, device=device))
+                if detail:
+                    s.by_block = torch.zeros(num_blocks, num_heads, num_cells, device=device)
+                    s.by_step = torch.zeros(num_steps, num_heads, num_cells, device=device)
+                    s.block_counts = torch.zeros(num_blocks, device=device)
+                    s.step_counts = torch.zeros(num_steps, device=device)
+            elif t.kind == "reverse":
+                s = CaptureSums(torch.zeros(num_heads, num_cells, len(t.tokens), device=device))
+            else:
+                raise ValueError(f"unknown capture target kind {t.kind!r}")
+            self.sums.append(s)
+
+    def wants(self, block: int, step: int) -> bool:
+        return (self.blocks is None or block in self.blocks) and (self.steps is None or step in self.steps)
+
+    @torch.no_grad()
+    def add(self, block: int, step: int, scale: float, q: torch.Tensor, k: torch.Tensor, batch: range) -> None:
+        """Accumulate one call: ``q [b, cells, H, D]``, ``k [b, tokens, H, D]`` for batch elements ``batch``."""
+        for row, e in enumerate(batch):
+            target, sums = self.targets[e], self.sums[e]
+            logits = torch.einsum("qhd,khd->hqk", q[row].float(), k[row].float()) * scale  # [H, cells, tokens]
+            if self.key_mask is not None:
+                logits = logits.masked_fill(~self.key_mask[e][None, None, :], float("-inf"))
+            idx = target.tokens.to(logits.device)
+            if target.kind == "forward":
+                s = logits.softmax(-1)[:, :, idx].sum(-1)  # [H, cells]
+                sums.total += s
+                if sums.by_block is not None:
+                    sums.by_block[block] += s
+                    sums.by_step[step] += s
+                    sums.block_counts[block] += 1
+                    sums.step_counts[step] += 1
+            else:
+                sums.total += logits.softmax(-2)[:, :, idx]  # normalised over cells
+            sums.count += 1
+
+
+class CaptureProcessor:
+    """Fused attention output + running sums of the conditional pass (one instance per block)."""
+
+    def __init__(self, state: CaptureState, tracker: CallTracker, block: int):
+        self.state, self.tracker, self.block = state, tracker, block
+
+    def __call__(self, attn, q, k, v, *, batch, mask=None):
+        km = None if self.state.key_mask is None else self.state.key_mask[batch.start:batch.stop]
+        if self.tracker.branch == "cond" and self.state.wants(self.block, self.tracker.step):
+            self.state.add(self.block, self.tracker.step, attn.scale, q, k, batch)
+        return sdpa(attn, q, k, v, km)
+
+    def __repr__(self) -> str:
+        return f"CaptureProcessor(block={self.block})"
+
+
+class EnhanceProcessor:
+    """Enhanced attention (``E ⊙`` scaled logits) in the conditional pass, fused attention otherwise.
+
+    ``backend``: ``"explicit"`` (exact float32 on any device), ``"flex"`` (FlexAttention with a
+    ``score_mod``; CUDA) or ``"auto"`` (flex on CUDA, explicit elsewhere).
+    """
+
+    def __init__(self, tables: EnhancementTables, tracker: CallTracker, backend: str = "auto"):
+        if backend not in ("auto", "explicit", "flex"):
+            raise ValueError(f"enhancement backend must be 'auto', 'explicit' or 'flex', got {backend!r}")
+        self.tables, self.tracker, self.backend = tables, tracker, backend
+        self._flex = None
+
+    def _use_flex(self, q: torch.Tensor) -> bool:
+        return self.backend == "flex" or (self.backend == "auto" and q.is_cuda)
+
+    def __call__(self, attn, q, k, v, *, batch, mask=None):
+        if self.tracker.branch != "cond":
+            return sdpa(attn, q, k, v)
+        tables = self.tables
+        if tables.cell_regions.device != q.device:
+            tables = self.tables = tables.to(q.device)
+        if self._use_flex(q):
+            return flex_enhanced_attention(q, k, v, attn.scale, tables)
+        return enhanced_attention(q, k, v, attn.scale, tables)
+
+
+_compiled_flex = None
+
+
+def flex_enhanced_attention(q, k, v, scale: float, tables: EnhancementTables) -> torch.Tensor:
+    """FlexAttention with the enhancement ``score_mod`` (compiled once per process)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True) if q.is_cuda else flex_attention
+    out = _compiled_flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                         score_mod=flex_score_mod(tables), scale=scale)
+    return out.transpose(1, 2)

@@ -1,0 +1,132 @@
+"""Fuse3D run parameters, their defaults and validation, and which stage each one affects."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Optional, Sequence, Tuple
+
+from .method.alignment import DEFAULT_HEADS, DEFAULT_THRESHOLD
+from .method.enhancement import LAMBDA_MODES, check_lambda
+
+
+@dataclass(frozen=True)
+class Fuse3DParams:
+    """Everything a Fuse3D run depends on besides the condition images and the model.
+
+    Sampling
+        seed: all noise derives from it (structure, each capture run, the final run).
+        structure_steps, structure_cfg, latent_steps, latent_cfg: sampler overrides
+            (``None``: the model's ``pipeline.json``).
+    Multi-Condition Fusion Module
+        fusion: ``"mcfm"`` (paper) or ``"crop"`` (ablation *w/o MCFM*: each region cropped and encoded alone).
+    Alignment capture
+        capture_tokens: ``"full"`` (paper: a local image's full 1374 tokens) or ``"foreground"``
+            (published code: CLS, registers and the foreground patches only).
+        capture_blocks, capture_steps: which blocks / sampler steps to average (``None``: all).
+        capture_detail: keep per-block and per-step score maps for drill-down views.
+        capture_batch: most capture samplings run as one batch (``None``: all, halved on out-of-memory).
+        schedule: ``"separate"`` (one capture sampling per local image plus one for the reverse alignment)
+            or ``"shared"`` (one sampling with the global image, local keys scored against its queries).
+    Forward alignment
+        heads: 0-based heads averaged (paper's 1, 5, 13 → ``(0, 4, 12)``); threshold on min–max scores.
+        refine: run the kNN majority vote; refine_k, refine_fill, refine_clear, refine_ties: its settings.
+    Reverse alignment
+        reverse_alignment: off = ablation *w/o R.A.* (the global image's whole selection is kept, no λ_g).
+        reverse_threshold: threshold for ``D_g`` (``None``: ``threshold``).
+    Enhancement
+        enhancement: off = ablation *w/o L.E.* (E = 1).
+        strength: s in the λ formulas; lambda_mode: ``"share"`` (paper), ``"adaptive"`` or ``"constant"``
+            (published code); lambdas: explicit λ per local image; global_lambda: explicit λ_g.
+        enhancement_backend: ``"auto"``, ``"explicit"`` or ``"flex"``.
+        inpainting: the appendix C.2 variant (unaligned voxels follow the global image's latent).
+    """
+
+    seed: int = 0
+    structure_steps: Optional[int] = None
+    structure_cfg: Optional[float] = None
+    latent_steps: Optional[int] = None
+    latent_cfg: Optional[float] = None
+    fusion: str = "mcfm"
+    capture_tokens: str = "full"
+    capture_blocks: Optional[Tuple[int, ...]] = None
+    capture_steps: Optional[Tuple[int, ...]] = None
+    capture_detail: bool = True
+    capture_batch: Optional[int] = None
+    schedule: str = "separate"
+    heads: Tuple[int, ...] = DEFAULT_HEADS
+    threshold: float = DEFAULT_THRESHOLD
+    refine: bool = True
+    refine_k: int = 16
+    refine_fill: float = 0.6
+    refine_clear: float = 0.4
+    refine_ties: str = "include"
+    reverse_alignment: bool = True
+    reverse_threshold: Optional[float] = None
+    enhancement: bool = True
+    strength: float = 1.0
+    lambda_mode: str = "share"
+    lambdas: Optional[Tuple[float, ...]] = None
+    global_lambda: Optional[float] = None
+    enhancement_backend: str = "auto"
+    inpainting: bool = False
+
+    @classmethod
+    def names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def updated(self, **changes) -> "Fuse3DParams":
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise TypeError(f"unknown Fuse3D parameter(s) {unknown}; known: {', '.join(self.names())}")
+        norm = {}
+        for k, v in changes.items():
+            if k in ("heads", "capture_blocks", "capture_steps", "lambdas") and v is not None:
+                v = tuple(int(x) for x in v) if k != "lambdas" else tuple(float(x) for x in v)
+            norm[k] = v
+        return replace(self, **norm).validated()
+
+    def validated(self) -> "Fuse3DParams":
+        def unit(name, v):
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+        unit("threshold", self.threshold)
+        unit("reverse_threshold", self.reverse_threshold)
+        unit("refine_fill", self.refine_fill)
+        unit("refine_clear", self.refine_clear)
+        if self.refine_clear > self.refine_fill:
+            raise ValueError(f"refine_clear ({self.refine_clear}) must not exceed refine_fill ({self.refine_fill})")
+        if self.refine_k < 1:
+            raise ValueError(f"refine_k must be positive, got {self.refine_k}")
+        if self.refine_ties not in ("include", "index"):
+            raise ValueError(f"refine_ties must be 'include' or 'index', got {self.refine_ties!r}")
+        if not self.heads:
+            raise ValueError("heads must name at least one head")
+        if any(h < 0 for h in self.heads):
+            raise ValueError(f"heads are 0-based and non-negative, got {list(self.heads)}")
+        check_lambda(self.strength, "strength")
+        if self.lambdas is not None:
+            for v in self.lambdas:
+                check_lambda(v, "λ")
+        if self.global_lambda is not None:
+            check_lambda(self.global_lambda, "global λ")
+        choices = {"fusion": ("mcfm", "crop"), "capture_tokens": ("full", "foreground"),
+                   "schedule": ("separate", "shared"), "lambda_mode": LAMBDA_MODES,
+                   "enhancement_backend": ("auto", "explicit", "flex")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("structure_steps", "latent_steps"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{name} must be at least 1, got {v}")
+        for name in ("structure_cfg", "latent_cfg"):
+            v = getattr(self, name)
+            if v is not None and (math.isnan(float(v)) or float(v) < 0):
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if self.capture_batch is not None and self.capture_batch < 1:
+            raise ValueError(f"capture_batch must be at least 1, got {self.capture_batch}")
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)
