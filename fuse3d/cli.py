@@ -27,6 +27,52 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _run_spec(spec_path, out, model=None, device=None, cache_dir=None, formats=("glb", "ply"), progress=True) -> dict:
+    """Run a spec and write the assets, a summary and (when viz is installed) nothing else."""
+    import json
+    import time
+    from pathlib import Path
+
+    from .pipeline import Fuse3D
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pipe = Fuse3D.from_pretrained(model or spec.model, device=device, cache_dir=cache_dir, progress=progress)
+    desc = f" — {pipe.trellis.description}" if getattr(pipe.trellis, "description", "") else ""
+    print(f"model: {pipe.model_name} ({pipe.trellis.source}){desc}", flush=True)
+    run = pipe.run(spec.global_condition, spec.local_conditions, seed=spec.seed, **spec.params)
+    timings = {"load_and_run_s": round(time.perf_counter() - t0, 2)}
+    written = []
+    for fmt in formats:
+        t = time.perf_counter()
+        written.append(str(run.export(out / f"asset.{fmt}")))
+        timings[f"export_{fmt}_s"] = round(time.perf_counter() - t, 2)
+    summary = {**run.summary(), "spec": str(Path(spec_path).resolve()), "outputs": written, "timings": timings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"global: {summary['global']}; locals: {', '.join(summary['locals'])}")
+    print(f"voxels {summary.get('voxels')}, cells {summary.get('cells')}, aligned cells per local "
+          f"{summary.get('aligned_cells')}, unaligned {summary.get('unaligned_cells')}, global tokens "
+          f"{summary.get('global_tokens')}, λ {[round(v, 3) for v in summary.get('lambdas', [])]}")
+    print("wrote " + ", ".join(written + [str(out / "summary.json")]))
+    print(f"model: {pipe.model_name}{desc}")
+    return summary
+
+
+def _cmd_run(args) -> int:
+    _run_spec(args.spec, args.out, args.model, args.device, args.cache, progress=not args.quiet)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .spec import example_spec
+
+    _run_spec(example_spec(args.example), args.out, args.model, args.device, args.cache, progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fuse3d", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_write_tiny_model)
+
+    for name, helptext in (("run", "run a TOML/YAML spec and write GLB, PLY and summary.json"),
+                           ("demo", "run a bundled example on the bundled default model")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "run":
+            p.add_argument("spec", help="spec file (.toml or .yaml)")
+        else:
+            p.add_argument("--example", default="chair", help="bundled example: chair, car, robot, conflict")
+        p.add_argument("--out", default="out/" + name, help="output folder (default: out/%(prog)s)")
+        p.add_argument("--model", default=None, help="model folder or Hugging Face repo id (default: the spec's, else the bundled model)")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--cache", default=None, help="disk cache folder for stage results")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=_cmd_run if name == "run" else _cmd_demo)
 
     p = sub.add_parser("info", help="list the networks of a TRELLIS-format model folder or repo")
     p.add_argument("model", help="model folder or Hugging Face repo id")

@@ -348,7 +348,7 @@ class Run:
             return self._entries[memo]
         # compute every missing capture of this run together (one batched sampling when it fits)
         keys = {j: stage_key("capture", self._capture_inputs(j), self._capture_params()) for j in range(self.K + 1)}
-        missing = [j for j in range(self.K + 1) if self.fuse3d.cache.get("capture", keys[j]) is None]
+        missing = [j for j in range(self.K + 1) if self.fuse3d.cache.status("capture", keys[j]) == "missing"]
         if i in missing:
             for j, entry in zip(missing, self._capture_samplings(missing)):
                 self.fuse3d.cache.put("capture", keys[j], entry)

@@ -1,0 +1,277 @@
+"""The staged Fuse3D pipeline on the tiny model: stages, retune without networks, cache, bad inputs."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fuse3d import Condition, ConditionError, Fuse3D
+from fuse3d.cache import Cache, CacheWarning
+from fuse3d.conditions import split_global
+
+FAST = dict(structure_steps=2, latent_steps=2)
+
+
+def rgba(color, box, size=(160, 160)):
+    a = np.zeros((size[1], size[0], 4), np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1, :3] = color
+    a[y0:y1, x0:x1, 3] = 255
+    return Image.fromarray(a)
+
+
+@pytest.fixture(scope="module")
+def conditions():
+    g = Condition(rgba((200, 60, 60), (30, 30, 130, 130)), name="global")
+    top = np.zeros((160, 160), bool)
+    top[20:60, 20:140] = True
+    l1 = Condition(rgba((60, 200, 60), (20, 20, 140, 140)), top, name="top")
+    l2 = Condition.from_box(rgba((60, 60, 200), (40, 10, 120, 150)), (40, 100, 120, 150), name="bottom")
+    return g, [l1, l2]
+
+
+class NetworkCounter:
+    """Counts forward calls of every network of a pipeline."""
+
+    def __init__(self, trellis):
+        self.calls = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in trellis.named_children()]
+
+    def _hook(self, name):
+        def hook(module, args, out):
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return hook
+
+    def total(self):
+        return sum(self.calls.values())
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def fuse3d(tiny_model_dir):
+    return Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(fuse3d, conditions):
+    g, locals_ = conditions
+    return fuse3d.run(g, locals_, seed=0, **FAST)
+
+
+def test_all_stages_run_with_documented_shapes(run, fuse3d):
+    K, H = 2, fuse3d.trellis.slat_flow.num_heads
+    n, m = len(run.structure), len(run.cells)
+    assert run.structure.shape == (n, 4) and n > 0
+    assert run.voxel_cell.shape == (n,) and int(run.voxel_cell.max()) == m - 1
+    for k in range(K):
+        assert run.head_scores(k).shape == (H, m)
+        assert run.block_scores(k).shape == (run.num_blocks, H, m)
+        assert run.step_scores(k).shape == (2, H, m)
+        s = run.forward_scores(k)
+        assert s.shape == (m,) and float(s.min()) == 0.0 and float(s.max()) == 1.0
+        assert run.raw_mask(k).dtype == torch.bool and run.refined_mask(k).shape == (m,)
+        assert run.aligned_voxels(k).shape == (n,)
+    assert run.reverse_map.shape[:2] == (H, m)
+    assert torch.equal(run.unaligned, ~(run.refined_mask(0) | run.refined_mask(1)))
+    u = run.unified_tokens
+    sizes = [5 + len(run.selected_patches(0)), 5 + len(run.selected_patches(1)), 5 + len(run.global_patches)]
+    assert u.token_region.tolist() == [0] * sizes[0] + [1] * sizes[1] + [2] * sizes[2]
+    assert torch.equal(u.tokens[: sizes[0]][5:], run.tokens(0)[5 + run.selected_patches(0)])
+    assert len(run.lambdas) == 3 and all(l >= 1 for l in run.lambdas)
+    assert run.final.feats.shape == (n, 8) and torch.isfinite(run.final.feats).all()
+    assert run.summary()["model"] == "fuse3d-tiny-random"
+    assert "fuse3d-tiny-random" in run._repr_html_()
+
+
+def test_global_image_is_the_largest_selection(conditions):
+    g, (l1, l2) = conditions
+    chosen, rest = split_global([l1, g, l2])
+    assert chosen is g and rest == [l1, l2]
+
+
+def test_retune_calls_no_network(run, fuse3d):
+    counter = NetworkCounter(fuse3d.trellis)
+    try:
+        for changes in ({"threshold": 0.4}, {"heads": [1, 2, 3]}, {"refine": False}, {"refine_k": 8},
+                        {"strength": 3.0}, {"lambda_mode": "adaptive"}, {"lambdas": [2.0, 0.5]}):
+            r = run.retune(**changes).compute("enhancement")
+            assert r.enhancement.cell_regions.shape[0] == len(run.cells)
+        assert counter.total() == 0, counter.calls
+        # the change shows where it should
+        lower = run.retune(threshold=0.2, refine=False)
+        assert lower.raw_mask(0).sum() >= run.raw_mask(0).sum()
+        assert run.retune(lambdas=[2.0, 0.5]).lambdas[:2] == [2.0, 0.5]
+        assert counter.total() == 0
+        # the final latent does need the network
+        run.retune(strength=2.0).final
+        assert counter.calls.get("slat_flow", 0) > 0
+    finally:
+        counter.remove()
+
+
+def test_disk_cache_reload_is_bit_identical_and_corruption_is_recomputed(tiny_model_dir, conditions, tmp_path):
+    g, locals_ = conditions
+    a = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False, cache_dir=tmp_path)
+    first = a.run(g, locals_, seed=1, **FAST)
+    b = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False, cache_dir=tmp_path)
+    counter = NetworkCounter(b.trellis)
+    second = b.run(g, locals_, seed=1, **FAST)
+    assert counter.total() == 0
+    assert torch.equal(first.final.feats, second.final.feats)
+    assert torch.equal(first.head_scores(1), second.head_scores(1))
+    assert all(r["status"] in ("done (disk)", "not computed") for r in second.stages())
+    # corrupt the final latent's file: detected, reported, recomputed (same values)
+    path = b.cache.path("final", second.key("final"))
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    c = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False, cache_dir=tmp_path)
+    with pytest.warns(CacheWarning, match="unusable"):
+        third = c.run(g, locals_, seed=1, **FAST)
+    assert c.cache.stats["corrupt"] == 1
+    assert torch.equal(third.final.feats, first.final.feats)
+    assert c.cache.path("final", third.key("final")).is_file()
+
+
+def test_capture_chunks_when_memory_runs_out(fuse3d, conditions, monkeypatch):
+    g, locals_ = conditions
+    whole = fuse3d.run(g, locals_, seed=2, lazy=True, **FAST)
+    ref = [whole.head_scores(k) for k in range(2)]
+    fresh = Fuse3D(fuse3d.trellis, Cache(), progress=False)
+    original = type(whole)._capture_batch
+    sizes = []
+
+    def limited(self, items):
+        sizes.append(len(items))
+        if len(items) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 9 GiB (simulated)")
+        return original(self, items)
+
+    monkeypatch.setattr(type(whole), "_capture_batch", limited)
+    chunked = fresh.run(g, locals_, seed=2, lazy=True, **FAST)
+    for k in range(2):
+        assert torch.allclose(chunked.head_scores(k), ref[k], atol=1e-5)
+    assert sizes[0] == 3 and sizes[-1] == 1
+
+
+def test_ablations_and_options_run(run):
+    fg = run.retune(capture_tokens="foreground")
+    assert fg.head_scores(0).shape == run.head_scores(0).shape
+    assert not torch.equal(fg.head_scores(0), run.head_scores(0))
+    no_rev = run.retune(reverse_alignment=False)
+    assert len(no_rev.global_patches) == int(no_rev._encode(2)["selected"].sum())
+    off = run.retune(enhancement=False)
+    assert torch.equal(off.enhancement.dense(), torch.ones_like(off.enhancement.dense()))
+    inp = run.retune(inpainting=True)
+    assert set(inp.unified_tokens.token_region.tolist()) == {0, 1}  # no global tokens
+    keep = ~(inp.aligned_voxels(0) | inp.aligned_voxels(1))
+    z0 = inp._capture(2)["slat0"]
+    fin = inp.final.feats
+    std, mean = inp.trellis.slat_std, inp.trellis.slat_mean
+    if keep.any():  # unaligned voxels end on the global image's latent
+        assert torch.allclose(fin[keep], z0[keep] * std + mean, atol=1e-4)
+    crop = run.retune(fusion="crop")
+    assert crop.tokens(0).shape == run.tokens(0).shape and not torch.equal(crop.tokens(0), run.tokens(0))
+
+
+def test_user_structure(fuse3d, conditions):
+    g, locals_ = conditions
+    grid = torch.zeros(64, 64, 64, dtype=torch.bool)
+    grid[20:40, 20:40, 20:40] = True
+    r = fuse3d.run(g, locals_, structure=grid, lazy=True, **FAST)
+    assert len(r.structure) == 20 ** 3 and r.summary()["params"]["seed"] == 0
+    assert r.retune(threshold=0.5).key("structure") == r.key("structure")
+
+
+def test_export(run, tmp_path):
+    from fuse3d.assets import read_ply
+
+    ply = run.export(tmp_path / "a.ply")
+    props = read_ply(ply)
+    assert len(props["x"]) == len(run.gaussians)
+    assert b"comment fuse3d_model: fuse3d-tiny-random" in ply.read_bytes()[:400]
+    with pytest.raises(ValueError, match="export writes .glb"):
+        run.export(tmp_path / "a.obj")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run.export(tmp_path / "missing" / "a.ply")
+    assert not (tmp_path / "a.obj").exists()
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"threshold": 1.5}, ValueError, r"threshold must be in \[0, 1\]"),
+    ({"threshold": -0.1}, ValueError, r"threshold must be in \[0, 1\]"),
+    ({"heads": [0, 16]}, ValueError, r"heads \[16\] out of range: the model has heads 0..15"),
+    ({"strength": float("nan")}, ValueError, "strength must be a finite number >= 0"),
+    ({"lambdas": [1.0, -2.0]}, ValueError, "λ must be a finite number >= 0"),
+    ({"lambdas": [1.0]}, ValueError, "one λ per local condition"),
+    ({"global_lambda": float("inf")}, ValueError, "global λ must be a finite number"),
+    ({"capture_tokens": "all"}, ValueError, "capture_tokens must be one of"),
+    ({"tresholds": 0.5}, TypeError, "unknown Fuse3D parameter"),
+])
+def test_bad_parameters_fail_before_any_work(fuse3d, conditions, kwargs, error, match):
+    g, locals_ = conditions
+    counter = NetworkCounter(fuse3d.trellis)
+    try:
+        with pytest.raises(error, match=match):
+            fuse3d.run(g, locals_, **kwargs)
+        assert counter.total() == 0
+    finally:
+        counter.remove()
+
+
+def test_bad_conditions(tmp_path):
+    img = rgba((10, 200, 10), (10, 10, 60, 60), size=(80, 80))
+    with pytest.raises(ConditionError, match="the mask is empty"):
+        Condition(img, np.zeros((80, 80), bool))
+    with pytest.raises(ConditionError, match=r"mask size 10×10 does not match the image size 80×80"):
+        Condition(img, np.ones((10, 10), bool))
+    with pytest.raises(ConditionError, match="cannot read image .*nope.png: no such file"):
+        Condition(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ConditionError, match="cannot read image .*bad.png"):
+        Condition(tmp_path / "bad.png")
+    empty = Condition(Image.new("RGBA", (50, 50), (0, 0, 0, 0)), name="empty")
+    with pytest.raises(ConditionError, match="empty: the image has no foreground"):
+        empty.prepare()
+    with pytest.raises(ConditionError, match="no alpha channel"):
+        Condition(Image.new("RGB", (50, 50), (9, 9, 9))).prepare()
+    outside = np.zeros((80, 80), bool)
+    outside[70:80, 70:80] = True  # outside the object's crop
+    with pytest.raises(ConditionError, match="outside the cropped object|selects no foreground patch"):
+        Condition(img, outside).prepare()
+    painted = np.asarray(img).copy()
+    painted[20:30, 20:30, :3] = 255
+    c = Condition.from_painted(img, Image.fromarray(painted))
+    assert c.mask.sum() == 100
+    with pytest.raises(ConditionError, match="patch indices must be in"):
+        Condition.from_patches(img, [5000])
+
+
+def test_missing_weights(tmp_path):
+    from fuse3d.trellis.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="missing checkpoint file"):
+        (tmp_path / "m").mkdir()
+        Fuse3D.from_pretrained(tmp_path / "m", progress=False)
+
+
+@pytest.mark.gpu
+def test_flex_enhancement_equals_explicit_on_cuda():
+    from fuse3d.method.enhancement import enhanced_attention, enhancement_tables
+    from fuse3d.method.processors import flex_enhanced_attention
+
+    torch.manual_seed(0)
+    cells, tokens, heads, d = 4000, 900, 16, 64
+    q = torch.randn(1, cells, heads, d, device="cuda", dtype=torch.float16)
+    k = torch.randn(1, tokens, heads, d, device="cuda", dtype=torch.float16)
+    v = torch.randn(1, tokens, heads, d, device="cuda", dtype=torch.float16)
+    aligned = [torch.rand(cells) > 0.6, torch.rand(cells) > 0.8]
+    region = torch.repeat_interleave(torch.arange(3), torch.tensor([300, 200, 400]))
+    tables = enhancement_tables(aligned, ~(aligned[0] | aligned[1]), region, [3.0, 5.0, 2.0]).to("cuda")
+    ref = enhanced_attention(q, k, v, d ** -0.5, tables)
+    out = flex_enhanced_attention(q, k, v, d ** -0.5, tables)
+    err = (out.float() - ref.float()).abs().max().item()
+    print(f"flex vs explicit max abs difference: {err:.2e}")
+    assert err < 1e-3
