@@ -271,6 +271,12 @@ class Run:
 
         return self._stage("encode", i, {"prepare": self._keys[("prepare", i)]}, {**self._model(), "crop": crop}, compute)
 
+    def prepared(self, i: int):
+        """Condition ``i`` after preprocessing (:class:`fuse3d.conditions.Prepared`): the 518² image the
+        encoder saw, its alpha, the user mask in that frame, foreground and selected patch grids."""
+        self._prepare(i)
+        return self._cond_index(i).prepare()
+
     def tokens(self, i: int) -> torch.Tensor:
         """Condition tokens ``[T, C]`` of condition ``i`` (locals first, global last)."""
         return self._encode(i)["tokens"]
@@ -503,6 +509,16 @@ class Run:
     def unaligned(self) -> torch.Tensor:
         """``[cells]`` cells no local image is aligned with."""
         return self._reverse_alignment()["unaligned"]
+
+    @property
+    def reverse_candidates(self) -> torch.Tensor:
+        """``[Tc]`` patch indices of the global image that the reverse alignment chooses from."""
+        return self._reverse_alignment()["candidates"]
+
+    @property
+    def reverse_scores(self) -> torch.Tensor:
+        """``[Tc]`` min–max normalised reverse score of each candidate patch (zeros when disabled)."""
+        return self._reverse_alignment()["score"]
 
     @property
     def global_patches(self) -> torch.Tensor:
