@@ -344,7 +344,11 @@ class Run:
 
     def _capture_inputs(self, i: int) -> dict:
         self._encode(i)
-        return {"structure": self._keys[("structure", 0)], "tokens": self._keys[("encode", i)]}
+        inputs = {"structure": self._keys[("structure", 0)], "tokens": self._keys[("encode", i)]}
+        if self.params.schedule == "shared":  # the queries come from the global image's sampling
+            self._encode(self.K)
+            inputs["queries"] = self._keys[("encode", self.K)]
+        return inputs
 
     def _capture(self, i: int) -> Entry:
         """Capture of condition ``i``: forward for a local (``i < K``), reverse for the global (``i = K``)."""

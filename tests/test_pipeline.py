@@ -275,3 +275,19 @@ def test_flex_enhancement_equals_explicit_on_cuda():
     err = (out.float() - ref.float()).abs().max().item()
     print(f"flex vs explicit max abs difference: {err:.2e}")
     assert err < 1e-3
+
+
+def test_shared_schedule_scores_locals_against_the_global_queries(run, fuse3d):
+    counter = NetworkCounter(fuse3d.trellis)
+    try:
+        shared = run.retune(schedule="shared")
+        for k in range(2):
+            assert shared.head_scores(k).shape == run.head_scores(k).shape
+            assert torch.isfinite(shared.head_scores(k)).all()
+        # one sampling (latent steps 2, CFG on part of them) instead of one per image
+        calls = counter.calls["slat_flow"]
+        assert 2 <= calls <= 4
+        # its reverse map comes from the same sampling as the global image's own capture run
+        assert torch.allclose(shared.reverse_map.float(), run.reverse_map.float(), atol=2e-3)
+    finally:
+        counter.remove()

@@ -130,15 +130,23 @@ class CaptureState:
 
     @torch.no_grad()
     def add(self, block: int, step: int, scale: float, q: torch.Tensor, k: torch.Tensor, batch: range) -> None:
-        """Accumulate one call: ``q [b, cells, H, D]``, ``k [b, tokens, H, D]`` for batch elements ``batch``."""
+        """Accumulate one call: ``q [b, cells, H, D]``, ``k [b, tokens, H, D]`` for batch elements ``batch``.
+
+        Forward targets use ``Σ_{t∈D} softmax(l)_t = exp(logsumexp_D(l) − logsumexp(l))`` (no softmax
+        is materialised); reverse targets only need their candidate columns, since a softmax over cells
+        treats every token column on its own. Logits come from the network's dtype (tensor cores on
+        GPU) and are reduced in float32.
+        """
         for row, e in enumerate(batch):
             target, sums = self.targets[e], self.sums[e]
-            logits = torch.einsum("qhd,khd->hqk", q[row].float(), k[row].float()) * scale  # [H, cells, tokens]
-            if self.key_mask is not None:
-                logits = logits.masked_fill(~self.key_mask[e][None, None, :], float("-inf"))
-            idx = target.tokens.to(logits.device)
+            qh = q[row].transpose(0, 1)  # [H, cells, D]
+            kh = k[row].transpose(0, 1)  # [H, tokens, D]
+            idx = target.tokens.to(q.device)
             if target.kind == "forward":
-                s = logits.softmax(-1)[:, :, idx].sum(-1)  # [H, cells]
+                logits = torch.matmul(qh, kh.transpose(1, 2)).float() * scale  # [H, cells, tokens]
+                if self.key_mask is not None:
+                    logits = logits.masked_fill(~self.key_mask[e][None, None, :], float("-inf"))
+                s = torch.exp(torch.logsumexp(logits[:, :, idx], -1) - torch.logsumexp(logits, -1))  # [H, cells]
                 sums.total += s
                 if sums.by_block is not None:
                     sums.by_block[block] += s
@@ -146,7 +154,8 @@ class CaptureState:
                     sums.block_counts[block] += 1
                     sums.step_counts[step] += 1
             else:
-                sums.total += logits.softmax(-2)[:, :, idx]  # normalised over cells
+                logits = torch.matmul(qh, kh[:, idx].transpose(1, 2)).float() * scale  # [H, cells, candidates]
+                sums.total += logits.softmax(1)  # normalised over cells
             sums.count += 1
 
 
