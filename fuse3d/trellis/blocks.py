@@ -187,6 +187,10 @@ class ModulatedTransformerCrossBlock(nn.Module):
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
 
     def forward(self, x: Rows, mod: torch.Tensor, context: torch.Tensor) -> Rows:
+        if isinstance(x, SparseTensor) and x.uniform_length is not None:
+            # Batch elements of equal size: run the dense path on a free [B, L, C] view.
+            dense = x.feats.view(x.batch_size, x.uniform_length, x.feats.shape[-1])
+            return x.replace(self.forward(dense, mod, context).reshape(x.feats.shape))
         if not self.share_mod:
             mod = self.adaLN_modulation(mod)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (

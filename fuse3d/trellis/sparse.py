@@ -92,17 +92,29 @@ class SparseTensor:
     def layout(self) -> List[slice]:
         """Row range of each batch element (rows of one element are contiguous)."""
         if self._layout is None:
-            counts = torch.bincount(self.coords[:, 0].long(), minlength=self.batch_size).tolist()
-            starts = [0]
-            for c in counts[:-1]:
-                starts.append(starts[-1] + c)
-            self._layout = [slice(s, s + c) for s, c in zip(starts, counts)]
+            def make():
+                counts = torch.bincount(self.coords[:, 0].long(), minlength=self.batch_size).tolist()
+                starts = [0]
+                for c in counts[:-1]:
+                    starts.append(starts[-1] + c)
+                return [slice(s, s + c) for s, c in zip(starts, counts)]
+
+            self._layout = self.cache("layout", make)
         return self._layout
 
     @property
     def batch_index(self) -> torch.Tensor:
         """``[N]`` long tensor: the batch element of every row."""
-        return self.coords[:, 0].long()
+        return self.cache("batch_index", lambda: self.coords[:, 0].long())
+
+    @property
+    def uniform_length(self) -> Optional[int]:
+        """Rows per batch element when every element has the same number, else ``None``.
+
+        Then ``feats.view(batch_size, L, ...)`` is a free dense view of the batch.
+        """
+        lengths = {sl.stop - sl.start for sl in self.layout}
+        return lengths.pop() if len(lengths) == 1 else None
 
     def cache(self, key: str, make: Callable[[], object]):
         """Return the spatial-cache entry ``key``, computing it with ``make()`` the first time."""
