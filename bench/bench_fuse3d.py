@@ -137,8 +137,6 @@ def main():
     dev = args.device
     torch.backends.cuda.matmul.allow_tf32 = True
     trellis = load_pipeline(args.model, device=dev, progress=False) if args.model else full_size_pipeline(dev)
-    if args.model is None:
-        pass
     spec = load_spec(example_spec("car"))
     coords = shell_structure(args.voxels).to(dev)
     results = {"device": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",
@@ -180,7 +178,9 @@ def main():
                 trellis.sample_structure(g_tokens, seed=0, progress=False)
                 run = fuse.run(spec.global_condition, spec.local_conditions[:k], structure=coords.cpu(), schedule=schedule)
                 trellis.decode(run.final.to(dev), ["mesh"])
-            record(f"(b) Fuse3D {k} local(s), {schedule}", t, ratio_to_a=round(t.seconds / base, 2))
+            stages = {name: round(v, 2) for name, v in run.timings().items() if v >= 0.01}
+            record(f"(b) Fuse3D {k} local(s), {schedule}", t, ratio_to_a=round(t.seconds / base, 2), stages=stages)
+            print("      stages:", stages, flush=True)
             if k == 3:
                 with Timer(dev) as tc:
                     retuned = run.retune(strength=2.5)

@@ -205,8 +205,16 @@ class Run:
         if memo not in self._entries:
             key = stage_key(stage, inputs, params)
             self._keys[memo] = key
-            self._entries[memo] = self.fuse3d.cache.fetch(stage, key, compute)
+            self._entries[memo] = self.fuse3d.cache.fetch(stage, key, lambda: _timed(compute, self.trellis.device))
         return self._entries[memo]
+
+    def timings(self) -> Dict[str, float]:
+        """Seconds each stage took when it was computed (stages loaded from the cache keep their time)."""
+        out = {}
+        for (stage, i), e in self._entries.items():
+            if "seconds" in e.meta:
+                out[stage if len(self._indices(stage)) == 1 else f"{stage}[{i}]"] = e.meta["seconds"]
+        return out
 
     def key(self, stage: str, index: int = 0) -> str:
         """The cache key of a stage (computing the stage if needed)."""
@@ -360,7 +368,9 @@ class Run:
         keys = {j: stage_key("capture", self._capture_inputs(j), self._capture_params()) for j in range(self.K + 1)}
         missing = [j for j in range(self.K + 1) if self.fuse3d.cache.status("capture", keys[j]) == "missing"]
         if i in missing:
-            for j, entry in zip(missing, self._capture_samplings(missing)):
+            timing = _timed(lambda: Entry({}, {"entries": self._capture_samplings(missing)}), self.trellis.device)
+            for j, entry in zip(missing, timing.meta["entries"]):
+                entry.meta.update(seconds=timing.meta["seconds"], computed_with=len(missing))
                 self.fuse3d.cache.put("capture", keys[j], entry)
         return self._stage("capture", i, self._capture_inputs(i), self._capture_params(),
                            lambda: self._capture_samplings([i])[0])
@@ -783,6 +793,22 @@ class Run:
                 f"{html.escape(', '.join(c.name for c in self.local_conditions))}")
         return (f"<div>{head}<table><thead><tr><th>stage</th><th>status</th><th>key</th><th>tensors</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table></div>")
+
+
+def _timed(compute, device) -> Entry:
+    """Run a stage's computation and record its wall time (synchronising CUDA) in the entry's meta."""
+    import time
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    sync()
+    start = time.perf_counter()
+    entry = compute()
+    sync()
+    entry.meta["seconds"] = round(time.perf_counter() - start, 4)
+    return entry
 
 
 def _dataclass_entry(obj, model_name: str) -> Entry:

@@ -116,3 +116,16 @@ def test_bad_shapes_are_errors():
         SparseTensor(torch.zeros(3, 2), torch.zeros(3, 3, dtype=torch.int32))
     with pytest.raises(ValueError, match="disagree"):
         SparseTensor(torch.zeros(4, 2), torch.zeros(3, 4, dtype=torch.int32))
+
+
+def test_chunked_conv_equals_one_shot(monkeypatch):
+    import fuse3d.trellis.sparse as sp
+
+    torch.manual_seed(0)
+    coords = random_voxels((50, 40))
+    x = SparseTensor(torch.randn(90, 6), coords)
+    conv = SparseConv3d(6, 5, 3)
+    whole = conv(x).feats
+    monkeypatch.setattr(sp, "GATHER_BYTES", 27 * 6 * 4 * 7)  # 7 rows per chunk
+    x2 = SparseTensor(x.feats, coords)
+    assert torch.allclose(conv(x2).feats, whole, atol=1e-6)

@@ -26,7 +26,7 @@ CHANGE_COLORS = {"outside": NEUTRAL, "kept": "#4c78a8", "added": "#2ca02c", "rem
 #: A highlighted (chosen) item: head titles, D_g patches.
 HIGHLIGHT = "#d62728"
 
-LIGHTING = dict(ambient=0.55, diffuse=0.75, specular=0.05, roughness=0.9, fresnel=0.05)
+LIGHTING = dict(ambient=0.75, diffuse=0.45, specular=0.02, roughness=0.9, fresnel=0.02)
 LIGHT_POSITION = dict(x=1000, y=600, z=2000)
 
 

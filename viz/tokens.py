@@ -120,18 +120,19 @@ def condition_figure(run, i: int, extra: Optional[Dict[str, np.ndarray]] = None,
 
 
 def conditions_figure(run, size: int = 300) -> go.Figure:
-    """All condition images side by side, each with its selected patches tinted (locals, then global)."""
+    """All condition images side by side, patches outside the selection dimmed (locals, then global)."""
     n = run.K + 1
     titles = [f"local {i}: {c.name}" if i < run.K else f"global: {c.name}" for i, c in enumerate(run.conditions)]
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.01)
     for i in range(n):
         fig.add_trace(go.Image(z=np.asarray(run.prepared(i).image), hoverinfo="skip"), row=1, col=i + 1)
-        selected = patch_grid(run.selected_patches(i).numpy())
-        color = style.local_color(i) if i < run.K else "#2ca02c"
-        fig.add_trace(layer_trace(selected, "selected", color=color, opacity=0.45), row=1, col=i + 1)
+        outside = np.ones(GRID * GRID, bool)
+        outside[run.selected_patches(i).numpy()] = False
+        fig.add_trace(layer_trace(mask_grid(outside.reshape(GRID, GRID)), "not selected", color="#000000", opacity=0.6),
+                      row=1, col=i + 1)
     fig.update_xaxes(visible=False, range=[0, SIZE])
     fig.update_yaxes(visible=False, range=[SIZE, 0], scaleanchor="x")
-    fig.update_layout(title=style.title("Condition images after preprocessing, selected patches tinted", run),
+    fig.update_layout(title=style.title("Condition images after preprocessing (patches outside the selection dimmed)", run),
                       width=size * n + 40, height=size + 110, margin=dict(l=10, r=10, t=90, b=10), showlegend=False)
     return fig
 
@@ -155,8 +156,7 @@ def enhancement_matrix(run, max_size: int = 400) -> tuple:
     membership, subsampled with a regular stride to at most ``max_size`` per side (a view only)."""
     enh = run.enhancement
     regions = enh.cell_regions.numpy()
-    weights = (regions * (2 ** np.arange(regions.shape[1]))).sum(1)
-    cells = np.argsort(-weights, kind="stable")
+    cells = np.lexsort([~regions[:, r] for r in reversed(range(regions.shape[1]))])  # region 0's cells first
     cells = cells[:: max(1, -(-len(cells) // max_size))]
     n_tokens = len(enh.token_region)
     tokens = np.arange(0, n_tokens, max(1, -(-n_tokens // max_size)))

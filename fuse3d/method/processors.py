@@ -198,20 +198,25 @@ class EnhanceProcessor:
         if tables.cell_regions.device != q.device:
             tables = self.tables = tables.to(q.device)
         if self._use_flex(q):
-            return flex_enhanced_attention(q, k, v, attn.scale, tables)
+            if self._flex is None:
+                self._flex = flex_score_mod(tables)
+            return flex_enhanced_attention(q, k, v, attn.scale, tables, self._flex)
         return enhanced_attention(q, k, v, attn.scale, tables)
 
 
 _compiled_flex = None
 
 
-def flex_enhanced_attention(q, k, v, scale: float, tables: EnhancementTables) -> torch.Tensor:
-    """FlexAttention with the enhancement ``score_mod`` (compiled once per process)."""
+def flex_enhanced_attention(q, k, v, scale: float, tables: EnhancementTables, score_mod=None) -> torch.Tensor:
+    """FlexAttention with the enhancement ``score_mod`` (``flex_attention`` compiled once per process).
+
+    Pass the same ``score_mod`` object on every call of a sampling so the compiled kernel is reused.
+    """
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=True) if q.is_cuda else flex_attention
+        _compiled_flex = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
     out = _compiled_flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                         score_mod=flex_score_mod(tables), scale=scale)
+                         score_mod=score_mod or flex_score_mod(tables), scale=scale)
     return out.transpose(1, 2)

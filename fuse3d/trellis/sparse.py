@@ -32,6 +32,9 @@ __all__ = [
 
 Number = Union[int, float]
 
+#: Largest gathered neighbourhood block a sparse convolution materialises at once (bytes).
+GATHER_BYTES = 512 << 20
+
 
 class SparseTensor:
     """Features on active voxels.
@@ -310,11 +313,19 @@ class SparseConv3d(nn.Module):
             return x.replace(out)
         k3 = self.kernel_size**3
         nbr = x.cache(f"neighbours_{self.kernel_size}", lambda: neighbour_map(x.coords, self.kernel_size))
-        # Gather neighbours with a zero row standing in for inactive voxels, then one matmul.
+        # Gather neighbours with a zero row standing in for inactive voxels, then one matmul per
+        # chunk of rows, so the gathered [rows, k³·in] block stays under GATHER_BYTES.
         padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])], dim=0)
         gather = torch.where(nbr < 0, feats.shape[0], nbr)
-        cols = padded[gather].reshape(feats.shape[0], k3 * self.in_channels)
-        out = F.linear(cols, w.reshape(self.out_channels, k3 * self.in_channels), self.conv.bias)
+        weight = w.reshape(self.out_channels, k3 * self.in_channels)
+        rows = max(1, GATHER_BYTES // (k3 * self.in_channels * feats.element_size()))
+        n = feats.shape[0]
+        if n <= rows:
+            return x.replace(F.linear(padded[gather].reshape(n, -1), weight, self.conv.bias))
+        out = feats.new_empty(n, self.out_channels)
+        for start in range(0, n, rows):
+            sl = slice(start, start + rows)
+            out[sl] = F.linear(padded[gather[sl]].reshape(-1, k3 * self.in_channels), weight, self.conv.bias)
         return x.replace(out)
 
 

@@ -1,0 +1,51 @@
+"""viz: views of Fuse3D runs for Jupyter (plotly, ipywidgets) and stills (pyvista, Chromium).
+
+``viz`` reads :class:`fuse3d.Run` objects and never runs a network except through them. Every
+function returns its figure (a plotly ``go.Figure`` unless noted); a figure shows when it is a
+cell's value. Every title names the model that ran.
+
+Conditions and tokens (:mod:`viz.tokens`)
+    ``conditions_figure(run)`` all condition images with their selected patches;
+    ``condition_figure(run, i)`` one image on the 37×37 grid with switchable layers: foreground,
+    selected (``D_k``), and for the global image the reverse scores and ``D_g``;
+    ``enhancement_figure(run)`` unified tokens per region, λ, and the matrix ``E``.
+Attention and alignment in 3D (:mod:`viz.attention`)
+    ``head_grid(run, k, block=, step=)`` 4×4 small multiples, one scene per head (chosen heads ★);
+    ``score_figure(run, k)`` forward score; ``refinement_figure(run)`` raw vs refined masks (kept,
+    added, removed); ``alignment_figure(run, truth=)`` aligned regions per local vs ground truth;
+    ``reverse_figure(run)`` where the global image's ``D_g`` tokens attend, and the unaligned cells.
+Voxels (:mod:`viz.voxels`)
+    ``exposed_faces(coords)`` → ``VoxelSurface``; ``voxel_mesh``, ``voxel_figure``, ``voxel_scatter``.
+Assets (:mod:`viz.assets`)
+    ``asset_figure(run)`` asset colours on the voxels; ``gaussians_figure``; ``mesh_figure``;
+    ``compare_figure({label: run})`` side by side (ablations).
+Tuning (:mod:`viz.widgets`, :mod:`viz.lambdas`, :mod:`viz.metrics`)
+    ``HeadTuner(run)`` head checkboxes + threshold + refine over a ``FigureWidget``, no network;
+    ``lambda_sweep(run, strengths)`` + ``lambda_sweep_figure(sweep)`` slider over cached results;
+    ``lambda_curves(run, strengths)``; ``alignment_table`` / ``iou_figure`` IoU vs ground truth.
+Ground truth of the bundled examples (:mod:`viz.examples`)
+    ``load_example(name)`` → ``Example`` (true part voxels, part masks in the global image);
+    ``demo_structure(pipe, example)``.
+Stills and export
+    ``viz.render.render_voxels`` / ``render_mesh`` (pyvista, imported lazily) → ``[H, W, 3]`` images;
+    ``viz.browser`` headless-Chromium render checks and screenshots; ``style.write_html`` (plotly.js
+    embedded, deterministic ids); ``summary(run)`` HTML with thumbnails.
+"""
+from .assets import asset_colors, asset_figure, compare_figure, gaussians_figure, mesh_figure
+from .attention import alignment_figure, head_grid, refinement_figure, reverse_figure, score_figure
+from .examples import Example, demo_structure, load_example
+from .lambdas import Sweep, lambda_curves, lambda_sweep, lambda_sweep_figure
+from .metrics import alignment_table, iou, iou_figure
+from .style import model_label, write_html
+from .summary import summary
+from .tokens import condition_figure, conditions_figure, enhancement_figure
+from .voxels import exposed_faces, voxel_figure, voxel_mesh, voxel_scatter
+from .widgets import HeadTuner
+
+__all__ = [
+    "Example", "HeadTuner", "Sweep", "alignment_figure", "alignment_table", "asset_colors", "asset_figure",
+    "compare_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure",
+    "exposed_faces", "gaussians_figure", "head_grid", "iou", "iou_figure", "lambda_curves", "lambda_sweep",
+    "lambda_sweep_figure", "load_example", "mesh_figure", "model_label", "refinement_figure", "reverse_figure",
+    "score_figure", "summary", "voxel_figure", "voxel_mesh", "voxel_scatter", "write_html",
+]

@@ -1,0 +1,89 @@
+"""Ground truth of the bundled examples (``fuse3d/examples/*``): which part each local image restyles,
+that part's voxels, and its mask in the global image — to check alignment against the truth.
+
+The examples are procedural objects (:mod:`fuse3d.data`), so their true 64³ part voxels are known
+exactly. On the bundled random-weight model a sampled structure is noise; :func:`demo_structure`
+then gives the example's own voxels (a user structure, as in the paper's Fig. 10) so that views
+stay readable.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.spatial import cKDTree
+
+from fuse3d.data import ObjectSpec, VoxelObject, voxelize
+from fuse3d.method.fusion import patch_grid_mask
+from fuse3d.spec import RunSpec, example_spec, load_spec
+
+from .style import is_random_model
+
+
+@dataclass
+class Example:
+    """A bundled example with its ground truth.
+
+    Attributes:
+        name: folder name (``chair``, ``car``, ``robot``, ``conflict``).
+        spec: the run spec (conditions and parameters).
+        meta: ``example.json`` (parts, views, colours).
+        object: the procedural object.
+        voxels: its surface voxels at 64³ with a part label each.
+    """
+
+    name: str
+    spec: RunSpec
+    meta: dict
+    object: ObjectSpec
+    voxels: VoxelObject
+
+    @property
+    def folder(self) -> Path:
+        return self.spec.path.parent
+
+    @property
+    def structure(self) -> torch.Tensor:
+        """The object's true voxels ``[N, 4]``, usable as ``pipe.run(..., structure=...)``."""
+        return torch.from_numpy(self.voxels.coords)
+
+    @property
+    def parts(self) -> List[str]:
+        """The part each local image restyles, in local order."""
+        return [loc["part"] for loc in self.meta["locals"]]
+
+    def truth(self, run) -> List[np.ndarray]:
+        """Per local: ``[N]`` bool, the run's structure voxels that belong to its true part.
+
+        Each structure voxel takes the part of the nearest true voxel (exact when the run's
+        structure is :attr:`structure`).
+        """
+        _, nearest = cKDTree(self.voxels.coords[:, 1:]).query(run.structure[:, 1:].numpy())
+        label = self.voxels.part[nearest]
+        return [label == loc["part_index"] for loc in self.meta["locals"]]
+
+    def global_part_patches(self, run, k: int) -> np.ndarray:
+        """``[37, 37]`` bool: patches of the global image showing local ``k``'s part (from ``global_mask_k.png``)."""
+        with Image.open(self.folder / self.meta["locals"][k]["global_mask"]) as im:
+            mask = np.asarray(im.convert("L")) >= 128
+        pixel = run.global_condition.prepare().pre.transform_mask(mask)
+        return patch_grid_mask(pixel)
+
+
+def load_example(name: str = "chair") -> Example:
+    """A bundled example and its ground truth."""
+    path = example_spec(name)
+    meta = json.loads((path.parent / "example.json").read_text())
+    obj = ObjectSpec.from_dict(meta["spec"])
+    return Example(name, load_spec(path), meta, obj, voxelize(obj))
+
+
+def demo_structure(pipe, example: Example) -> Optional[torch.Tensor]:
+    """The structure the notebooks use: ``None`` (sample it from the global image) with real
+    weights; the example's true voxels on a random-weight model, whose sampled structures are noise."""
+    return example.structure if is_random_model(pipe) else None
