@@ -79,12 +79,14 @@ class CaptureSums:
     count: int = 0
     block_counts: Optional[torch.Tensor] = None
     step_counts: Optional[torch.Tensor] = None
+    transposed: bool = False
 
     def mean(self) -> Dict[str, torch.Tensor]:
         """Averages: ``total`` over all captured calls, ``by_block``/``by_step`` over their own calls."""
         if self.count == 0:
             raise RuntimeError("nothing was captured: check the capture blocks and steps")
-        out = {"mean": self.total / self.count}
+        total = self.total.transpose(1, 2) if self.transposed else self.total
+        out = {"mean": total / self.count}
         if self.by_block is not None:
             out["by_block"] = self.by_block / self.block_counts.clamp(min=1).view(-1, *[1] * (self.by_block.ndim - 1))
         if self.by_step is not None:
@@ -119,8 +121,8 @@ class CaptureState:
                     s.by_step = torch.zeros(num_steps, num_heads, num_cells, device=device)
                     s.block_counts = torch.zeros(num_blocks, device=device)
                     s.step_counts = torch.zeros(num_steps, device=device)
-            elif t.kind == "reverse":
-                s = CaptureSums(torch.zeros(num_heads, num_cells, len(t.tokens), device=device))
+            elif t.kind == "reverse":  # kept as [H, candidates, cells]; mean() returns [H, cells, candidates]
+                s = CaptureSums(torch.zeros(num_heads, len(t.tokens), num_cells, device=device), transposed=True)
             else:
                 raise ValueError(f"unknown capture target kind {t.kind!r}")
             self.sums.append(s)
@@ -139,14 +141,15 @@ class CaptureState:
         """
         for row, e in enumerate(batch):
             target, sums = self.targets[e], self.sums[e]
-            qh = q[row].transpose(0, 1)  # [H, cells, D]
+            qh = q[row].transpose(0, 1) * scale  # [H, cells, D], scaled once
             kh = k[row].transpose(0, 1)  # [H, tokens, D]
             idx = target.tokens.to(q.device)
             if target.kind == "forward":
-                logits = torch.matmul(qh, kh.transpose(1, 2)).float() * scale  # [H, cells, tokens]
+                logits = torch.matmul(qh, kh.transpose(1, 2))  # [H, cells, tokens]
                 if self.key_mask is not None:
                     logits = logits.masked_fill(~self.key_mask[e][None, None, :], float("-inf"))
-                s = torch.exp(torch.logsumexp(logits[:, :, idx], -1) - torch.logsumexp(logits, -1))  # [H, cells]
+                selected = torch.matmul(qh, kh[:, idx].transpose(1, 2))  # [H, cells, |D|]
+                s = torch.exp(torch.logsumexp(selected.float(), -1) - torch.logsumexp(logits.float(), -1))
                 sums.total += s
                 if sums.by_block is not None:
                     sums.by_block[block] += s
@@ -154,8 +157,9 @@ class CaptureState:
                     sums.block_counts[block] += 1
                     sums.step_counts[step] += 1
             else:
-                logits = torch.matmul(qh, kh[:, idx].transpose(1, 2)).float() * scale  # [H, cells, candidates]
-                sums.total += logits.softmax(1)  # normalised over cells
+                # [H, candidates, cells]: the softmax over cells runs along the last, contiguous axis
+                logits = torch.matmul(kh[:, idx], qh.transpose(1, 2))
+                sums.total += logits.float().softmax(-1)
             sums.count += 1
 
 
@@ -216,7 +220,7 @@ def flex_enhanced_attention(q, k, v, scale: float, tables: EnhancementTables, sc
     from torch.nn.attention.flex_attention import flex_attention
 
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
+        _compiled_flex = torch.compile(flex_attention, dynamic=True) if q.is_cuda else flex_attention
     out = _compiled_flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                          score_mod=score_mod or flex_score_mod(tables), scale=scale)
     return out.transpose(1, 2)
