@@ -70,3 +70,28 @@ def test_enhance_processor_only_in_the_conditional_pass():
     kk, v = attn.to_kv(ctx).reshape(1, 3, 2, 4, 4).unbind(2)
     expected = attn.to_out(enhanced_attention(q, kk, v, attn.scale, tables).reshape(1, 5, 16))
     assert torch.allclose(enhanced, expected, atol=1e-6) and not torch.allclose(enhanced, plain, atol=1e-3)
+
+
+def _lse_case(device):
+    from fuse3d.method.processors import attention_logsumexp
+
+    torch.manual_seed(0)
+    q = torch.randn(4, 300, 64, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+    k = torch.randn(4, 77, 64, device=device, dtype=q.dtype)
+    v = torch.randn(4, 77, 64, device=device, dtype=q.dtype)
+    lse, out = attention_logsumexp(q, k, 0.125, v)
+    logits = (q.float() @ k.float().transpose(1, 2)) * 0.125
+    assert (lse - torch.logsumexp(logits, -1)).abs().max() < 2e-2
+    assert (out.float() - logits.softmax(-1) @ v.float()).abs().max() < 2e-2
+
+
+def test_attention_logsumexp_cpu():
+    _lse_case("cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.gpu
+def test_attention_logsumexp_fused_on_cuda():
+    _lse_case("cuda")

@@ -57,6 +57,25 @@ def sdpa(attn, q, k, v, key_mask: Optional[torch.Tensor] = None):
     return out.transpose(1, 2)
 
 
+def attention_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float, v: Optional[torch.Tensor] = None):
+    """``logsumexp`` over keys of the scaled logits, without materialising them where possible.
+
+    ``q [H, L, D]``, ``k [H, T, D]`` → ``lse [H, L]`` (float32), plus the attention output ``[H, L, Dv]``
+    when ``v`` is given. On CUDA this uses the fused memory-efficient attention kernel, which returns
+    the log-sum-exp it computes anyway; elsewhere it is written out.
+    """
+    if q.is_cuda:
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q[None], k[None], (k if v is None else v)[None], None, True, 0.0, False, scale=scale)[:2]
+            return lse[0, :, : q.shape[1]].float(), (None if v is None else out[0])
+        except RuntimeError:  # an unsupported shape or dtype: fall back to the explicit computation
+            pass
+    logits = torch.matmul(q * scale, k.transpose(1, 2)).float()
+    out = None if v is None else torch.matmul(logits.softmax(-1).to(v.dtype), v)
+    return torch.logsumexp(logits, -1), out
+
+
 @dataclass
 class CaptureTarget:
     """What to accumulate for one batch element of a capture sampling.
@@ -141,15 +160,15 @@ class CaptureState:
         """
         for row, e in enumerate(batch):
             target, sums = self.targets[e], self.sums[e]
-            qh = q[row].transpose(0, 1) * scale  # [H, cells, D], scaled once
+            qh = q[row].transpose(0, 1)  # [H, cells, D]
             kh = k[row].transpose(0, 1)  # [H, tokens, D]
             idx = target.tokens.to(q.device)
             if target.kind == "forward":
-                logits = torch.matmul(qh, kh.transpose(1, 2))  # [H, cells, tokens]
                 if self.key_mask is not None:
-                    logits = logits.masked_fill(~self.key_mask[e][None, None, :], float("-inf"))
-                selected = torch.matmul(qh, kh[:, idx].transpose(1, 2))  # [H, cells, |D|]
-                s = torch.exp(torch.logsumexp(selected.float(), -1) - torch.logsumexp(logits.float(), -1))
+                    kh = kh[:, self.key_mask[e]]  # drop padding tokens (they come last)
+                lse_all, _ = attention_logsumexp(qh, kh, scale)
+                lse_sel, _ = attention_logsumexp(qh, kh[:, idx], scale)
+                s = torch.exp(lse_sel - lse_all)  # [H, cells]
                 sums.total += s
                 if sums.by_block is not None:
                     sums.by_block[block] += s
@@ -158,7 +177,7 @@ class CaptureState:
                     sums.step_counts[step] += 1
             else:
                 # [H, candidates, cells]: the softmax over cells runs along the last, contiguous axis
-                logits = torch.matmul(kh[:, idx], qh.transpose(1, 2))
+                logits = torch.matmul(kh[:, idx] * scale, qh.transpose(1, 2))
                 sums.total += logits.float().softmax(-1)
             sums.count += 1
 
