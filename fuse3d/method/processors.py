@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..trellis.sampler import ModelCall
-from .enhancement import EnhancementTables, enhanced_attention, flex_score_mod
+from .enhancement import EnhancementTables, enhanced_attention, flex_score_mod, region_split_attention
+
+ENHANCEMENT_BACKENDS = ("auto", "explicit", "flex", "regions")
 
 
 class CallTracker:
@@ -127,7 +129,8 @@ class CaptureState:
     def __init__(self, targets: Sequence[CaptureTarget], num_heads: int, num_cells: int, num_blocks: int,
                  num_steps: int, blocks: Optional[Sequence[int]] = None, steps: Optional[Sequence[int]] = None,
                  key_mask: Optional[torch.Tensor] = None, detail: bool = True, device="cpu"):
-        self.targets = list(targets)
+        # token indices live on the compute device: a host-to-device copy per call would block the CPU
+        self.targets = [CaptureTarget(t.kind, t.tokens.to(device)) for t in targets]
         self.blocks = None if blocks is None else set(int(b) for b in blocks)
         self.steps = None if steps is None else set(int(s) for s in steps)
         self.key_mask = key_mask
@@ -162,7 +165,7 @@ class CaptureState:
             target, sums = self.targets[e], self.sums[e]
             qh = q[row].transpose(0, 1)  # [H, cells, D]
             kh = k[row].transpose(0, 1)  # [H, tokens, D]
-            idx = target.tokens.to(q.device)
+            idx = target.tokens
             if target.kind == "forward":
                 if self.key_mask is not None:
                     kh = kh[:, self.key_mask[e]]  # drop padding tokens (they come last)
@@ -202,12 +205,13 @@ class EnhanceProcessor:
     """Enhanced attention (``E ⊙`` scaled logits) in the conditional pass, fused attention otherwise.
 
     ``backend``: ``"explicit"`` (exact float32 on any device), ``"flex"`` (FlexAttention with a
-    ``score_mod``; CUDA) or ``"auto"`` (flex on CUDA, explicit elsewhere).
+    ``score_mod``; CUDA), ``"regions"`` (one fused attention per token region, merged by log-sum-exp;
+    exact) or ``"auto"`` (flex on CUDA, explicit elsewhere).
     """
 
     def __init__(self, tables: EnhancementTables, tracker: CallTracker, backend: str = "auto"):
-        if backend not in ("auto", "explicit", "flex"):
-            raise ValueError(f"enhancement backend must be 'auto', 'explicit' or 'flex', got {backend!r}")
+        if backend not in ENHANCEMENT_BACKENDS:
+            raise ValueError(f"enhancement backend must be one of {ENHANCEMENT_BACKENDS}, got {backend!r}")
         self.tables, self.tracker, self.backend = tables, tracker, backend
         self._flex = None
 
@@ -220,6 +224,8 @@ class EnhanceProcessor:
         tables = self.tables
         if tables.cell_regions.device != q.device:
             tables = self.tables = tables.to(q.device)
+        if self.backend == "regions":
+            return region_split_attention(q, k, v, attn.scale, tables)
         if self._use_flex(q):
             if self._flex is None:
                 self._flex = flex_score_mod(tables)
