@@ -187,7 +187,6 @@ def main():
             print("      stages:", stages, flush=True)
             if k == 3:
                 for backend in ("flex", "regions"):
-                    run.retune(strength=2.0, enhancement_backend=backend, latent_steps=2).final  # warm-up
                     with Timer(dev) as tc:
                         retuned = run.retune(strength=2.5, enhancement_backend=backend)
                         trellis.decode(retuned.final.to(dev), ["mesh"])
