@@ -140,7 +140,7 @@ def flex_score_mod(tables: EnhancementTables) -> Callable:
 
 
 def region_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                           tables: EnhancementTables, lse_attention=None) -> torch.Tensor:
+                           tables: EnhancementTables, lse_attention=None, plan=None) -> torch.Tensor:
     """Exact enhanced attention from one fused attention call per token region.
 
     Within region ``r``'s tokens, ``E[i, j] = f_r[i]`` depends on the cell only (λ_r if cell i is in
@@ -155,18 +155,13 @@ def region_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     """
     if lse_attention is None:
         from .processors import attention_logsumexp as lse_attention
-    region = tables.token_region.to(q.device)
-    factors = torch.where(tables.cell_regions.to(q.device), tables.lambdas.to(q.device)[None, :], 1.0)  # [cells, R]
+    plan = plan or region_plan(tables, q.device, q.dtype)
     out = torch.empty_like(q)
     for b in range(q.shape[0]):
         qh, kh, vh = q[b].transpose(0, 1), k[b].transpose(0, 1), v[b].transpose(0, 1)  # [H, L, D]
         lses, outs = [], []
-        for r in range(factors.shape[1]):
-            cols = (region == r).nonzero().squeeze(1)
-            if len(cols) == 0:
-                continue
-            qr = qh * factors[:, r].to(qh.dtype)[None, :, None]
-            lse_r, out_r = lse_attention(qr, kh[:, cols], scale, vh[:, cols])
+        for cols, factor in plan:
+            lse_r, out_r = lse_attention(qh * factor, kh[:, cols], scale, vh[:, cols])
             lses.append(lse_r)
             outs.append(out_r.float())
         lse = torch.stack(lses)  # [R, H, cells]
@@ -174,3 +169,19 @@ def region_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
         merged = (weights[..., None] * torch.stack(outs)).sum(0)  # [H, cells, D]
         out[b] = merged.transpose(0, 1).to(q.dtype)
     return out
+
+
+def region_plan(tables: EnhancementTables, device, dtype) -> list:
+    """Per token region: its token columns (a slice when contiguous) and the per-cell query factor
+    ``[1, cells, 1]``. Computed once per sampling; reading the tables' sizes here is the only sync."""
+    region = tables.token_region.cpu()
+    plan = []
+    for r in range(tables.cell_regions.shape[1]):
+        cols = (region == r).nonzero().squeeze(1)
+        if len(cols) == 0:
+            continue
+        contiguous = bool((cols[1:] - cols[:-1] == 1).all())
+        index = slice(int(cols[0]), int(cols[-1]) + 1) if contiguous else cols.to(device)
+        factor = torch.where(tables.cell_regions[:, r].to(device), tables.lambdas[r].to(device), 1.0)
+        plan.append((index, factor.to(dtype)[None, :, None]))
+    return plan

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..trellis.sampler import ModelCall
-from .enhancement import EnhancementTables, enhanced_attention, flex_score_mod, region_split_attention
+from .enhancement import EnhancementTables, enhanced_attention, flex_score_mod, region_plan, region_split_attention
 
 ENHANCEMENT_BACKENDS = ("auto", "explicit", "flex", "regions")
 
@@ -206,7 +206,8 @@ class EnhanceProcessor:
 
     ``backend``: ``"explicit"`` (exact float32 on any device), ``"flex"`` (FlexAttention with a
     ``score_mod``; CUDA), ``"regions"`` (one fused attention per token region, merged by log-sum-exp;
-    exact) or ``"auto"`` (flex on CUDA, explicit elsewhere).
+    exact) or ``"auto"`` (regions on CUDA — measured faster than flex on an H100, see
+    docs/performance.md — explicit elsewhere).
     """
 
     def __init__(self, tables: EnhancementTables, tracker: CallTracker, backend: str = "auto"):
@@ -214,9 +215,7 @@ class EnhanceProcessor:
             raise ValueError(f"enhancement backend must be one of {ENHANCEMENT_BACKENDS}, got {backend!r}")
         self.tables, self.tracker, self.backend = tables, tracker, backend
         self._flex = None
-
-    def _use_flex(self, q: torch.Tensor) -> bool:
-        return self.backend == "flex" or (self.backend == "auto" and q.is_cuda)
+        self._plan = None
 
     def __call__(self, attn, q, k, v, *, batch, mask=None):
         if self.tracker.branch != "cond":
@@ -224,9 +223,12 @@ class EnhanceProcessor:
         tables = self.tables
         if tables.cell_regions.device != q.device:
             tables = self.tables = tables.to(q.device)
-        if self.backend == "regions":
-            return region_split_attention(q, k, v, attn.scale, tables)
-        if self._use_flex(q):
+        backend = self.backend if self.backend != "auto" else ("regions" if q.is_cuda else "explicit")
+        if backend == "regions":
+            if self._plan is None:
+                self._plan = region_plan(tables, q.device, q.dtype)
+            return region_split_attention(q, k, v, attn.scale, tables, plan=self._plan)
+        if backend == "flex":
             if self._flex is None:
                 self._flex = flex_score_mod(tables)
             return flex_enhanced_attention(q, k, v, attn.scale, tables, self._flex)
