@@ -1,0 +1,1 @@
+"""Training the small TRELLIS-architecture model on procedural objects (issue 6)."""

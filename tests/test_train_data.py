@@ -1,0 +1,21 @@
+import numpy as np
+import torch
+
+from fuse3d.train.data import CHILDREN, make_object
+from fuse3d.trellis.sparse import SparseSubdivide, SparseTensor
+
+
+def test_children_follow_two_subdivisions():
+    x = SparseTensor(torch.zeros(1, 1), torch.tensor([[0, 3, 5, 7]], dtype=torch.int32))
+    fine = SparseSubdivide()(SparseSubdivide()(x)).coords[:, 1:].numpy()
+    assert np.array_equal(fine, np.array([3, 5, 7]) * 4 + CHILDREN)
+
+
+def test_object_sample_is_consistent():
+    s = make_object(5, views=1, fine_samples=256)
+    assert s.coords.shape[1] == 3 and len(s.coords) == len(s.color) == len(s.normal) == len(s.part)
+    assert s.images.shape == (1, 518, 518, 3) and s.images.max() > 0
+    assert np.allclose(np.linalg.norm(s.normal, axis=1), 1, atol=1e-3)
+    assert s.corner_sdf.shape == (256, 8) and s.corner_color.shape == (256, 8, 3)
+    # supervised fine voxels sit on the surface band: some corners inside, some outside, none far away
+    assert (s.corner_sdf < 0).any() and (s.corner_sdf > 0).any() and np.abs(s.corner_sdf).max() < 4 / 64
