@@ -128,16 +128,16 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     opacity = torch.sigmoid(gs.field(out, "opacity") + math.log(cfg["opacity_bias"] / (1 - cfg["opacity_bias"])))
     gs_opacity = (1 - opacity).pow(2).mean()
 
+    # the mesh decoder works at 4× resolution (64 fine voxels per voxel): one object per step
     mesh = nets["slat_decoder_mesh"]
-    mout = mesh.decode_features(zs)
-    offsets = np.cumsum([0] + [64 * len(s.coords) for s in samples[:-1]])
-    rows = torch.as_tensor(np.concatenate([o + s.fine_index for o, s in zip(offsets, samples)]), device=device)
+    first = samples[0]
+    mout = mesh.decode_features(zs[0])
+    rows = torch.as_tensor(first.fine_index, device=device)
     sdf = mesh.field(mout, "sdf")[rows] - 1.0 / (4 * mesh.resolution)
-    target = torch.as_tensor(np.concatenate([s.corner_sdf for s in samples]), device=device)
+    target = torch.as_tensor(first.corner_sdf, device=device)
     band = 3.0 / (4 * mesh.resolution)
     mesh_sdf = F.smooth_l1_loss(sdf.clamp(-band, band) / band * 3, target.clamp(-band, band) / band * 3)
-    corner_color = torch.as_tensor(np.concatenate([s.corner_color for s in samples]), device=device)
-    mesh_color = F.mse_loss(mesh.field(mout, "color")[rows][..., :3], corner_color)
+    mesh_color = F.mse_loss(mesh.field(mout, "color")[rows][..., :3], torch.as_tensor(first.corner_color, device=device))
     return {"ss_bce": ss_bce, "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl, "gs_color": gs_color,
             "gs_scale": 0.01 * gs_scale, "gs_opacity": 0.1 * gs_opacity, "mesh_sdf": mesh_sdf, "mesh_color": mesh_color}
 
@@ -227,7 +227,9 @@ def train(args) -> None:
     vae_budget = args.total_minutes * 60 * args.vae_share
     start = time.time()
     last_save = start
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev == "cuda" else torch.autocast("cpu", enabled=False)
+    # float32 with TF32 matmuls: the models are small, and half-precision atomics in the sparse
+    # gathers' backward passes are slow
+    autocast = torch.autocast(dev, enabled=False)
 
     def chunk_left() -> bool:
         return time.time() - start < budget
@@ -250,9 +252,11 @@ def train(args) -> None:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             local += 1
+            if local <= 3:
+                print(f"vae step time {time.time() - t0:.2f} s", flush=True)
             state["steps"]["vae"] += 1
             state["seconds"]["vae"] += time.time() - t0
-            if state["steps"]["vae"] % 50 == 0:
+            if state["steps"]["vae"] % 25 == 0:
                 msg = {k: round(float(v), 4) for k, v in losses.items()}
                 print(f"vae step {state['steps']['vae']}: {msg}", flush=True)
                 state["log"].append({"phase": "vae", "step": state["steps"]["vae"], **msg})
@@ -293,9 +297,11 @@ def train(args) -> None:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             local += 1
+            if local <= 3:
+                print(f"flow step time {time.time() - t0:.2f} s", flush=True)
             state["steps"]["flow"] += 1
             state["seconds"]["flow"] += time.time() - t0
-            if state["steps"]["flow"] % 50 == 0:
+            if state["steps"]["flow"] % 25 == 0:
                 msg = {k: round(float(v), 4) for k, v in losses.items()}
                 print(f"flow step {state['steps']['flow']}: {msg}", flush=True)
                 state["log"].append({"phase": "flow", "step": state["steps"]["flow"], **msg})

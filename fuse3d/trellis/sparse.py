@@ -313,20 +313,62 @@ class SparseConv3d(nn.Module):
             return x.replace(out)
         k3 = self.kernel_size**3
         nbr = x.cache(f"neighbours_{self.kernel_size}", lambda: neighbour_map(x.coords, self.kernel_size))
-        # Gather neighbours with a zero row standing in for inactive voxels, then one matmul per
-        # chunk of rows, so the gathered [rows, k³·in] block stays under GATHER_BYTES.
-        padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])], dim=0)
-        gather = torch.where(nbr < 0, feats.shape[0], nbr)
+        gather = x.cache(f"gather_{self.kernel_size}", lambda: torch.where(nbr < 0, nbr.shape[0], nbr))
         weight = w.reshape(self.out_channels, k3 * self.in_channels)
-        rows = max(1, GATHER_BYTES // (k3 * self.in_channels * feats.element_size()))
-        n = feats.shape[0]
-        if n <= rows:
-            return x.replace(F.linear(padded[gather].reshape(n, -1), weight, self.conv.bias))
-        out = feats.new_empty(n, self.out_channels)
-        for start in range(0, n, rows):
-            sl = slice(start, start + rows)
-            out[sl] = F.linear(padded[gather[sl]].reshape(-1, k3 * self.in_channels), weight, self.conv.bias)
-        return x.replace(out)
+        return x.replace(_SubmanifoldConv.apply(feats, weight.to(feats.dtype),
+                                                None if self.conv.bias is None else self.conv.bias.to(feats.dtype), gather))
+
+
+def _gather_matmul(feats: torch.Tensor, gather: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """``out[p] = bias + weight · concat_k feats[gather[p, k]]`` (row ``N`` of ``gather`` = a zero row).
+
+    Rows are processed in chunks so the gathered ``[rows, k·C]`` block stays under ``GATHER_BYTES``.
+    """
+    n, c = feats.shape
+    padded = torch.cat([feats, feats.new_zeros(1, c)], dim=0)
+    rows = max(1, GATHER_BYTES // (gather.shape[1] * c * feats.element_size()))
+    if n <= rows:
+        return F.linear(padded[gather].reshape(n, -1), weight, bias)
+    out = feats.new_empty(n, weight.shape[0])
+    for start in range(0, n, rows):
+        sl = slice(start, start + rows)
+        out[sl] = F.linear(padded[gather[sl]].reshape(-1, gather.shape[1] * c), weight, bias)
+    return out
+
+
+class _SubmanifoldConv(torch.autograd.Function):
+    """Gather-matmul convolution whose backward pass is itself a gather (no scatter/atomics).
+
+    With ``k̄`` the opposite offset of ``k``, ``∂L/∂in[q] = Σ_k W_kᵀ ∂L/∂out[nbr[q, k̄]]`` — a submanifold
+    convolution of the output gradient with the flipped, transposed kernel — and
+    ``∂L/∂W = ∂L/∂outᵀ · cols`` with the gathered inputs recomputed chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, feats, weight, bias, gather):
+        ctx.save_for_backward(feats, weight, gather)
+        ctx.has_bias = bias is not None
+        return _gather_matmul(feats, gather, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        feats, weight, gather = ctx.saved_tensors
+        k3, c_in, c_out = gather.shape[1], feats.shape[1], weight.shape[0]
+        grad_feats = grad_weight = grad_bias = None
+        grad_out = grad_out.contiguous()
+        if ctx.needs_input_grad[0]:
+            flipped = weight.view(c_out, k3, c_in).flip(1).permute(2, 1, 0).reshape(c_in, k3 * c_out)
+            grad_feats = _gather_matmul(grad_out, gather, flipped)
+        if ctx.needs_input_grad[1]:
+            padded = torch.cat([feats, feats.new_zeros(1, c_in)], dim=0)
+            rows = max(1, GATHER_BYTES // (k3 * c_in * feats.element_size()))
+            grad_weight = torch.zeros_like(weight)
+            for start in range(0, feats.shape[0], rows):
+                sl = slice(start, start + rows)
+                grad_weight += grad_out[sl].t() @ padded[gather[sl]].reshape(-1, k3 * c_in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(0)
+        return grad_feats, grad_weight, grad_bias, None
 
 
 class SparseDownsample(nn.Module):
