@@ -19,6 +19,7 @@ import torch.nn as nn
 from .trellis.dinov2 import DinoV2Encoder
 from .trellis.pipeline import write_pipeline
 from .trellis.registry import build
+from .trellis.vae import gaussian_representation_config
 
 TINY_MODEL_NAME = "fuse3d-tiny-random"
 TINY_WIDTH = 64  # DINOv2 width = flows' cond_channels
@@ -35,10 +36,7 @@ TINY_NETWORKS: Dict[str, tuple] = {
         qk_rms_norm=True, use_fp16=True)),
     "slat_decoder_gs": ("slat_dec_gs_tiny", "SLatGaussianDecoder", dict(
         resolution=64, model_channels=32, latent_channels=8, num_blocks=1, num_heads=2, mlp_ratio=2, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config={
-            "lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
-            "perturb_offset": True, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1,
-            "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"})),
+        window_size=8, use_fp16=True, representation_config=gaussian_representation_config(8))),
     "slat_decoder_mesh": ("slat_dec_mesh_tiny", "SLatMeshDecoder", dict(
         resolution=64, model_channels=256, latent_channels=8, num_blocks=1, num_heads=4, mlp_ratio=1, attn_mode="swin",
         window_size=8, use_fp16=True, representation_config={"use_color": True})),

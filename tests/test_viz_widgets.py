@@ -1,5 +1,4 @@
 """viz.widgets.HeadTuner: redraws from the cache (no network runs) and shows the right masks."""
-import numpy as np
 import pytest
 
 from fuse3d import Fuse3D
@@ -26,7 +25,7 @@ class NetworkCalls:
 def setup(tiny_model_dir):
     pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
     example = load_example("chair")
-    run = example.run(pipe, structure="true", latent_steps=2)
+    run = example.run(pipe, structure="true", latent_steps=1, lazy=True).compute("capture")  # the only network work
     return pipe, run, example.truth(run)
 
 

@@ -66,7 +66,8 @@ def conflict_example(folder: Path) -> None:
                         "part_index": seat, "color": [0.85, 0.1, 0.1]},
                        {"image": "local_1.png", "mask": "local_1_mask.png", "global_mask": "global_mask_1.png", "part": "seat",
                         "part_index": seat, "color": [0.1, 0.2, 0.9]}],
-            "note": "conflicting local conditions (paper C.4): a large red region and a small blue one on the same part"}
+            "note": "conflicting local conditions (paper C.4): a large red region and a small blue one on the same part",
+            "spec": spec.to_dict()}
     (folder / "example.json").write_text(json.dumps(meta, indent=1) + "\n")
     (folder / "spec.toml").write_text(spec_toml(meta, meta["note"]))
 

@@ -18,22 +18,23 @@ Voxels (:mod:`viz.voxels`)
     ``exposed_faces(coords)`` → ``VoxelSurface``; ``voxel_mesh``, ``voxel_figure``, ``voxel_scatter``.
 Assets (:mod:`viz.assets`)
     ``asset_figure(run)`` asset colours on the voxels; ``gaussians_figure``; ``mesh_figure``;
-    ``compare_figure({label: run})`` side by side (ablations).
+    ``compare_figure({label: run})`` side by side (ablations); ``change_figure`` where each moved.
 Tuning (:mod:`viz.widgets`, :mod:`viz.lambdas`, :mod:`viz.metrics`)
     ``HeadTuner(run)`` head checkboxes + threshold + refine over a ``FigureWidget``, no network;
     ``lambda_sweep(run, strengths)`` + ``lambda_sweep_figure(sweep)`` slider over cached results;
     ``lambda_curves(run, strengths)``; ``alignment_table`` / ``iou_figure`` IoU vs ground truth.
 Ground truth of the bundled examples (:mod:`viz.examples`)
     ``load_example(name)`` → ``Example`` (true part voxels, part masks in the global image);
-    ``demo_structure(pipe, example)``.
+    ``demo_structure(pipe, example)``; ``cache_dir()`` the notebooks' disk cache.
 Stills and export
-    ``viz.render.render_voxels`` / ``render_mesh`` (pyvista, imported lazily) → ``[H, W, 3]`` images;
+    ``viz.render.render_voxels`` / ``render_mesh`` (pyvista, imported lazily) → PIL images;
     ``viz.browser`` headless-Chromium render checks and screenshots; ``style.write_html`` (plotly.js
     embedded, deterministic ids); ``summary(run)`` HTML with thumbnails.
 """
-from .assets import asset_colors, asset_figure, compare_figure, gaussians_figure, mesh_figure
+from . import browser, render, style
+from .assets import asset_colors, asset_figure, change_figure, compare_figure, gaussians_figure, mesh_figure
 from .attention import alignment_figure, head_grid, refinement_figure, reverse_figure, score_figure
-from .examples import Example, demo_structure, load_example
+from .examples import Example, cache_dir, demo_structure, load_example
 from .lambdas import Sweep, lambda_curves, lambda_sweep, lambda_sweep_figure
 from .metrics import alignment_table, iou, iou_figure
 from .style import model_label, write_html
@@ -43,8 +44,9 @@ from .voxels import exposed_faces, voxel_figure, voxel_mesh, voxel_scatter
 from .widgets import HeadTuner
 
 __all__ = [
+    "browser", "render", "style",
     "Example", "HeadTuner", "Sweep", "alignment_figure", "alignment_table", "asset_colors", "asset_figure",
-    "compare_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure",
+    "cache_dir", "change_figure", "compare_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure",
     "exposed_faces", "gaussians_figure", "head_grid", "iou", "iou_figure", "lambda_curves", "lambda_sweep",
     "lambda_sweep_figure", "load_example", "mesh_figure", "model_label", "refinement_figure", "reverse_figure",
     "score_figure", "summary", "voxel_figure", "voxel_mesh", "voxel_scatter", "write_html",

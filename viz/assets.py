@@ -7,7 +7,7 @@ structure's and whose colours change with the run (λ sweeps, ablations) without
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import plotly.graph_objects as go
@@ -75,20 +75,29 @@ def _group_mean(values: np.ndarray, group: np.ndarray) -> np.ndarray:
     return out / np.bincount(group, minlength=n)[:, None]
 
 
+def vertex_colors(mesh) -> Optional[np.ndarray]:
+    """``[V, 3]`` RGB in ``[0, 1]`` of a :class:`fuse3d.assets.Mesh` or a vertex-coloured trimesh, else ``None``."""
+    colors = getattr(mesh, "vertex_colors", None)
+    visual = getattr(mesh, "visual", None)
+    if colors is None and visual is not None and visual.kind == "vertex":
+        colors = visual.vertex_colors
+    if colors is None:
+        return None
+    c = np.asarray(colors, np.float64)[:, :3]
+    return c / 255.0 if np.issubdtype(np.asarray(colors).dtype, np.integer) else c
+
+
 def mesh_figure(mesh, source=None, max_faces: int = 80000, camera: tuple = (45.0, 25.0)) -> go.Figure:
     """A vertex-coloured mesh (:class:`fuse3d.assets.Mesh` or trimesh), simplified by vertex
     clustering to about ``max_faces`` faces so the browser stays responsive."""
     v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
-    colors = getattr(mesh, "vertex_colors", None)
-    if colors is not None:
-        colors = np.asarray(colors, np.float64)[:, :3]
-        colors = colors / 255.0 if colors.max() > 1 else colors
+    colors = original = vertex_colors(mesh)
     cell = float(np.ptp(v, axis=0).max()) / 1024
     while len(f) > max_faces:
         cell *= 1.5
         group, f = cluster_vertices(np.asarray(mesh.vertices), np.asarray(mesh.faces), cell)
         v = _group_mean(np.asarray(mesh.vertices, np.float64), group)
-        colors = None if colors is None else _group_mean(np.asarray(mesh.vertex_colors, np.float64)[:, :3], group)
+        colors = None if original is None else _group_mean(original, group)
     trace = dict(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name="mesh",
                  lighting=style.LIGHTING, lightposition=style.LIGHT_POSITION, hoverinfo="skip")
     if colors is not None:
@@ -101,18 +110,49 @@ def mesh_figure(mesh, source=None, max_faces: int = 80000, camera: tuple = (45.0
     return fig
 
 
+def _scene_grid(labels, cols: int = 3):
+    cols = min(len(labels), cols)
+    rows = -(-len(labels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, specs=style.subplot_specs(rows, cols), subplot_titles=list(labels),
+                        horizontal_spacing=0.01, vertical_spacing=0.06)
+    return fig, rows, cols
+
+
 def compare_figure(runs: Dict[str, object], title: str = "Assets side by side",
                    camera: tuple = (45.0, 25.0)) -> go.Figure:
     """Several runs' asset colours on their structures, one scene each (e.g. ablations), 3 per row."""
-    labels = list(runs)
-    cols = min(len(labels), 3)
-    rows = -(-len(labels) // cols)
-    fig = make_subplots(rows=rows, cols=cols, specs=style.subplot_specs(rows, cols), subplot_titles=labels,
-                        horizontal_spacing=0.01, vertical_spacing=0.06)
+    fig, rows, cols = _scene_grid(runs)
     for idx, (label, run) in enumerate(runs.items()):
         mesh = voxel_mesh(exposed_faces(run.structure), colors=asset_colors(run), name=label)
         fig.add_trace(mesh, row=idx // cols + 1, col=idx % cols + 1)
     fig.update_scenes(**style.scene(*camera))
     fig.update_layout(title=style.title(title, next(iter(runs.values()))), height=380 * rows + 80, width=1000,
+                      margin=dict(l=0, r=0, t=90, b=0), showlegend=False)
+    return fig
+
+
+def color_change(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``[N]`` Euclidean distance between two ``[N, 3]`` RGB colourings (0 … √3)."""
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    if reference.shape != other.shape:
+        raise ValueError(f"colourings differ in shape: {reference.shape} vs {other.shape} (different structures?)")
+    return np.linalg.norm(reference - other, axis=-1)
+
+
+def change_figure(runs: Dict[str, object], title: str = "Where each variant changed the asset",
+                  camera: tuple = (45.0, 25.0)) -> go.Figure:
+    """Per voxel, how far each run's asset colour moved from the first run's (same structure needed)."""
+    (ref_label, ref), *others = runs.items()
+    base = asset_colors(ref)
+    changes = {f"{label} vs {ref_label}": color_change(base, asset_colors(run)) for label, run in others}
+    top = max(float(c.max()) for c in changes.values()) or 1.0
+    fig, rows, cols = _scene_grid(changes)
+    surface = exposed_faces(ref.structure)
+    for idx, (label, change) in enumerate(changes.items()):
+        bar = dict(title="ΔRGB", len=0.5) if idx == 0 else None
+        fig.add_trace(voxel_mesh(surface, values=change, name=label, cmin=0, cmax=top, colorbar=bar, hover="ΔRGB"),
+                      row=idx // cols + 1, col=idx % cols + 1)
+    fig.update_scenes(**style.scene(*camera))
+    fig.update_layout(title=style.title(title, ref), height=380 * rows + 80, width=1000,
                       margin=dict(l=0, r=0, t=90, b=0), showlegend=False)
     return fig

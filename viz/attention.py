@@ -92,7 +92,7 @@ def head_grid(run, k: int, *, block: Optional[int] = None, step: Optional[int] =
     fig.update_scenes(**style.scene(*camera))
     name = run.local_conditions[k].name
     fig.update_layout(title=style.title(f"Attention of {name}'s selected tokens per head — {_drill_label(block, step)}"
-                                        f" — ★ = chosen heads {sorted(chosen)}", run),
+                                        f" — ★ = chosen heads {sorted(chosen)} (0-based)", run),
                       height=230 * rows + 90, width=980, margin=dict(l=0, r=0, t=90, b=0))
     return fig
 
@@ -128,7 +128,7 @@ def change_traces(surface: VoxelSurface, voxel_classes: np.ndarray, *, group: st
     face_class = voxel_classes[surface.face_voxel]
     for code, name in enumerate(CHANGES):
         mesh = voxel_mesh(surface, faces=face_class == code, colors=style.CHANGE_COLORS[name], name=name)
-        mesh.update(legendgroup=name, showlegend=showlegend, opacity=0.35 if name == "outside" else 1.0)
+        mesh.update(legendgroup=name, showlegend=showlegend)
         traces.append(mesh)
     return traces
 

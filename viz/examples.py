@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from fuse3d.data import ObjectSpec, VoxelObject, voxelize
+from fuse3d.data import ObjectSpec, VoxelObject, random_object, voxelize
 from fuse3d.method.fusion import patch_grid_mask
+from fuse3d.models import fuse3d_home
 from fuse3d.spec import RunSpec, example_spec, load_spec
 
 from .style import is_random_model
@@ -57,6 +58,22 @@ class Example:
         """The part each local image restyles, in local order."""
         return [loc["part"] for loc in self.meta["locals"]]
 
+    def run(self, pipe, structure="demo", **params):
+        """``pipe.run`` on this example's conditions, seed and parameters (``params`` override them).
+
+        Args:
+            structure: ``"demo"`` (:func:`demo_structure`), ``"true"`` (the object's own voxels, so that
+                every voxel has a true part), ``None`` (sample it from the global image), or anything
+                ``pipe.run`` takes as a structure (voxel coords, a grid, a mesh).
+        """
+        if isinstance(structure, str):
+            if structure not in ("demo", "true"):
+                raise ValueError(f"structure must be 'demo', 'true', None or a structure, got {structure!r}")
+            structure = demo_structure(pipe, self) if structure == "demo" else self.structure
+        spec = self.spec
+        return pipe.run(spec.global_condition, spec.local_conditions, seed=spec.seed, structure=structure,
+                        **{**spec.params, **params})
+
     def truth(self, run) -> List[np.ndarray]:
         """Per local: ``[N]`` bool, the run's structure voxels that belong to its true part.
 
@@ -79,7 +96,8 @@ def load_example(name: str = "chair") -> Example:
     """A bundled example and its ground truth."""
     path = example_spec(name)
     meta = json.loads((path.parent / "example.json").read_text())
-    obj = ObjectSpec.from_dict(meta["spec"])
+    # the conflict example stores no spec: tools/make_examples.py drew it as random_object(seed, kind)
+    obj = ObjectSpec.from_dict(meta["spec"]) if "spec" in meta else random_object(meta["seed"], kind=meta["kind"])
     return Example(name, load_spec(path), meta, obj, voxelize(obj))
 
 
@@ -87,3 +105,8 @@ def demo_structure(pipe, example: Example) -> Optional[torch.Tensor]:
     """The structure the notebooks use: ``None`` (sample it from the global image) with real
     weights; the example's true voxels on a random-weight model, whose sampled structures are noise."""
     return example.structure if is_random_model(pipe) else None
+
+
+def cache_dir() -> Path:
+    """Where the notebooks keep their run cache: ``$FUSE3D_HOME/runs`` (default ``~/.cache/fuse3d/runs``)."""
+    return fuse3d_home() / "runs"

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
+from .assets import vertex_colors
 from .voxels import ArrayLike, exposed_faces
 
 
@@ -35,13 +37,15 @@ def _rgb_uint8(colors: np.ndarray) -> np.ndarray:
     return (np.clip(c, 0, 1) * 255).round().astype(np.uint8) if np.issubdtype(c.dtype, np.floating) else c.astype(np.uint8)
 
 
-def _finish(plotter, title: Optional[str], path: Optional[Union[str, Path]], camera: Tuple[float, float]) -> np.ndarray:
+def _finish(plotter, title: Optional[str], path: Optional[Union[str, Path]], camera: Tuple[float, float]) -> Image.Image:
     plotter.camera_position = camera_position(*camera)
-    plotter.camera.zoom(1.15)
+    plotter.reset_camera()  # keeps the direction, fits the object
     if title:
         plotter.add_text(title, position="upper_left", font_size=10, color="black")
-    image = plotter.screenshot(None if path is None else str(path), return_img=True)
+    image = Image.fromarray(plotter.screenshot(return_img=True))
     plotter.close()
+    if path is not None:
+        image.save(path, optimize=True)
     return image
 
 
@@ -56,9 +60,10 @@ def _plotter(size: Tuple[int, int]):
 def render_voxels(coords: ArrayLike, *, values: Optional[ArrayLike] = None, colors: Optional[ArrayLike] = None,
                   resolution: int = 64, cmap: str = "viridis", clim: Sequence[float] = (0.0, 1.0),
                   scalar_title: str = "score", size: Tuple[int, int] = (900, 700), camera: Tuple[float, float] = (45, 25),
-                  title: Optional[str] = None, path: Optional[Union[str, Path]] = None, edges: bool = True) -> np.ndarray:
+                  title: Optional[str] = None, path: Optional[Union[str, Path]] = None, edges: bool = True) -> Image.Image:
     """Render voxels as cubes (exposed faces only), coloured per voxel by ``values`` (with a colour
-    bar) or ``colors`` (``[N, 3]`` RGB); returns the ``[H, W, 3]`` image and writes ``path`` if given."""
+    bar) or ``colors`` (``[N, 3]`` RGB); returns the image (shown inline in Jupyter) and writes
+    ``path`` (PNG) if given."""
     pv, plotter = _plotter(size)
     surface = exposed_faces(coords)
     faces = np.hstack([np.full((len(surface.quads), 1), 4), surface.quads]).ravel()
@@ -77,25 +82,15 @@ def render_voxels(coords: ArrayLike, *, values: Optional[ArrayLike] = None, colo
 
 
 def render_mesh(mesh, *, size: Tuple[int, int] = (900, 700), camera: Tuple[float, float] = (45, 25),
-                title: Optional[str] = None, path: Optional[Union[str, Path]] = None) -> np.ndarray:
+                title: Optional[str] = None, path: Optional[Union[str, Path]] = None) -> Image.Image:
     """Render a triangle mesh (:class:`fuse3d.assets.Mesh` or trimesh) with its vertex colours."""
     pv, plotter = _plotter(size)
     v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
     poly = pv.PolyData(v, np.hstack([np.full((len(f), 1), 3), f]).ravel())
-    colors = getattr(mesh, "vertex_colors", None)
-    if colors is not None and len(colors) == len(v):
-        c = np.asarray(colors)
-        poly.point_data["rgb"] = _rgb_uint8(c / 255.0 if c.max() > 1 else c)
+    colors = vertex_colors(mesh)
+    if colors is not None:
+        poly.point_data["rgb"] = _rgb_uint8(colors)
         plotter.add_mesh(poly, scalars="rgb", rgb=True, smooth_shading=True)
     else:
         plotter.add_mesh(poly, color="lightgrey", smooth_shading=True)
     return _finish(plotter, title, path, camera)
-
-
-def save_png(image: np.ndarray, path: Union[str, Path]) -> Path:
-    """Write an ``[H, W, 3|4]`` uint8 image as PNG."""
-    from PIL import Image
-
-    path = Path(path)
-    Image.fromarray(np.asarray(image)).save(path, optimize=True)
-    return path

@@ -95,12 +95,18 @@ def condition_figure(run, i: int, extra: Optional[Dict[str, np.ndarray]] = None,
     Args:
         i: condition index (locals ``0..K-1``, the global image ``K``).
         extra: more layers ``name → [37, 37]`` (NaN = not drawn), e.g. ground-truth part patches.
-        show: the layer shown first (default: ``D_g`` for the global image, ``D_k`` for a local).
+        show: the layer shown first, by name or name prefix such as ``"reverse"`` (default: ``D_g`` for
+            the global image, the selection for a local).
     """
     cond = run.conditions[i]
-    layers = {**condition_layers(run, i), **(extra or {})}
+    standard = condition_layers(run, i)
+    layers = {**standard, **(extra or {})}
     names = list(layers)
-    show = show or names[-1 if i == run.K else 1]
+    show = show or list(standard)[-1 if i == run.K else 1]
+    matches = [n for n in names if n.startswith(show)]
+    if not matches:
+        raise ValueError(f"no layer named {show!r}; layers: {names}")
+    show = matches[0]
     fig = go.Figure(go.Image(z=np.asarray(run.prepared(i).image), name=cond.name, hoverinfo="skip"))
     for name, values in layers.items():
         color = _layer_color(name, values, i, run.K)
@@ -145,7 +151,7 @@ def region_rows(run) -> list:
     for r in range(uni.num_regions):
         tokens = int((uni.token_region == r).sum())
         rows.append({"region": r, "image": run.conditions[r].name, "role": "local" if r < run.K else "global",
-                     "tokens": tokens, "patches": tokens - PREFIX,
+                     "tokens": tokens, "patches": tokens - run.prefix,
                      "cells": int(enh.cell_regions[:, r].sum()) if r < enh.cell_regions.shape[1] else 0,
                      "lambda": float(lam[r]) if r < len(lam) else 1.0})
     return rows

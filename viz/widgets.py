@@ -14,9 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from . import style
-from .attention import CHANGES, mask_changes, voxel_surface
+from .attention import change_traces, mask_changes, voxel_surface
 from .metrics import iou
-from .voxels import voxel_mesh
 
 
 class HeadTuner:
@@ -47,7 +46,7 @@ class HeadTuner:
         self.local = W.Dropdown(options=[(c.name, i) for i, c in enumerate(run.local_conditions)], value=k,
                                 description="local")
         self.status = W.HTML()
-        self.figure = go.FigureWidget(self._traces(np.zeros(len(run.structure), np.int8)))
+        self.figure = go.FigureWidget(change_traces(self.surface, np.zeros(len(run.structure), np.int8)))
         self.figure.update_layout(title=style.title("Head / threshold tuner: raw vs refined alignment", run),
                                   scene=style.scene(), height=520, margin=dict(l=0, r=0, t=70, b=0),
                                   legend=dict(orientation="h", y=-0.02))
@@ -61,15 +60,6 @@ class HeadTuner:
         self.widget = W.VBox([W.HBox([self.local, self.threshold, self.refine]),
                               W.GridBox(self.heads, layout=W.Layout(grid_template_columns=f"repeat({cols}, 92px)")),
                               self.figure, self.status])
-
-    def _traces(self, classes: np.ndarray) -> List[go.Mesh3d]:
-        face_class = classes[self.surface.face_voxel]
-        traces = []
-        for code, name in enumerate(CHANGES):
-            mesh = voxel_mesh(self.surface, faces=face_class == code, colors=style.CHANGE_COLORS[name], name=name)
-            mesh.update(opacity=0.35 if name == "outside" else 1.0, showlegend=True)
-            traces.append(mesh)
-        return traces
 
     @property
     def selected_heads(self) -> List[int]:

@@ -36,6 +36,7 @@ from ..trellis.dinov2 import DinoV2Encoder
 from ..trellis.pipeline import write_pipeline
 from ..trellis.registry import build
 from ..trellis.sparse import SparseTensor
+from ..trellis.vae import gaussian_representation_config
 from .data import ObjectSample, make_objects
 
 WIDTH = 128  # token width of the small encoder = the flows' cond_channels
@@ -52,10 +53,7 @@ NETWORKS: Dict[str, tuple] = {  # name: (pipeline.json key or None for training-
         attn_mode="swin", window_size=8, use_fp16=True)),
     "slat_decoder_gs": ("slat_decoder_gs", "SLatGaussianDecoder", dict(
         resolution=64, model_channels=64, latent_channels=8, num_blocks=2, num_heads=4, mlp_ratio=2, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config={
-            "lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
-            "perturb_offset": True, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1,
-            "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"})),
+        window_size=8, use_fp16=True, representation_config=gaussian_representation_config(8))),
     "slat_decoder_mesh": ("slat_decoder_mesh", "SLatMeshDecoder", dict(
         resolution=64, model_channels=256, latent_channels=8, num_blocks=1, num_heads=4, mlp_ratio=2, attn_mode="swin",
         window_size=8, use_fp16=True, representation_config={"use_color": True})),
@@ -226,7 +224,6 @@ def train(args) -> None:
     budget = args.minutes * 60
     vae_budget = args.total_minutes * 60 * args.vae_share
     start = time.time()
-    last_save = start
     # float32 with TF32 matmuls: the models are small, and half-precision atomics in the sparse
     # gathers' backward passes are slow
     autocast = torch.autocast(dev, enabled=False)
@@ -234,35 +231,40 @@ def train(args) -> None:
     def chunk_left() -> bool:
         return time.time() - start < budget
 
-    # ---------------------------------------------------------------- phase 1: autoencoders
-    if state["seconds"]["vae"] < vae_budget and chunk_left():
-        params = [p for n in VAE_NETS for p in nets[n].parameters()]
+    saver = {"last": start}
+
+    def run_phase(phase: str, names, batch_size: int, losses_of, keep_going) -> None:
+        """Optimise ``names`` on ``losses_of(batch)`` while ``keep_going()``; log, checkpoint."""
+        params = [p for n in names for p in nets[n].parameters()]
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
         local = 0
-        while state["seconds"]["vae"] < vae_budget and chunk_left():
+        while keep_going():
             t0 = time.time()
-            batch = [data[i] for i in rng.integers(len(data), size=args.vae_batch)]
+            batch = [data[i] for i in rng.integers(len(data), size=batch_size)]
             for g in opt.param_groups:
                 g["lr"] = lr_at(local, args.lr)
             with autocast:
-                losses = vae_losses(nets, batch, dev)
-            loss = sum(losses.values())
+                losses = losses_of(batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            sum(losses.values()).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             local += 1
             if local <= 3:
-                print(f"vae step time {time.time() - t0:.2f} s", flush=True)
-            state["steps"]["vae"] += 1
-            state["seconds"]["vae"] += time.time() - t0
-            if state["steps"]["vae"] % 25 == 0:
+                print(f"{phase} step time {time.time() - t0:.2f} s", flush=True)
+            state["steps"][phase] += 1
+            state["seconds"][phase] += time.time() - t0
+            if state["steps"][phase] % 25 == 0:
                 msg = {k: round(float(v), 4) for k, v in losses.items()}
-                print(f"vae step {state['steps']['vae']}: {msg}", flush=True)
-                state["log"].append({"phase": "vae", "step": state["steps"]["vae"], **msg})
-            if time.time() - last_save > 120:
+                print(f"{phase} step {state['steps'][phase]}: {msg}", flush=True)
+                state["log"].append({"phase": phase, "step": state["steps"][phase], **msg})
+            if time.time() - saver["last"] > 120:
                 save_checkpoint(nets, state, ckpt)
-                last_save = time.time()
+                saver["last"] = time.time()
+
+    # ---------------------------------------------------------------- phase 1: autoencoders
+    run_phase("vae", VAE_NETS, args.vae_batch, lambda batch: vae_losses(nets, batch, dev),
+              lambda: state["seconds"]["vae"] < vae_budget and chunk_left())
 
     # ---------------------------------------------------------------- normalisation of the latents
     if state["seconds"]["vae"] >= vae_budget and state["slat_normalization"] is None:
@@ -277,37 +279,11 @@ def train(args) -> None:
         print("latent normalisation", state["slat_normalization"], flush=True)
 
     # ---------------------------------------------------------------- phase 2: flows
-    if state["slat_normalization"] is not None and chunk_left():
+    if state["slat_normalization"] is not None:
         for n in VAE_NETS:
             nets[n].eval().requires_grad_(False)
         norm = [torch.tensor(state["slat_normalization"][k], device=dev) for k in ("mean", "std")]
-        params = [p for n in FLOW_NETS for p in nets[n].parameters()]
-        opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-        local = 0
-        while chunk_left():
-            t0 = time.time()
-            batch = [data[i] for i in rng.integers(len(data), size=args.flow_batch)]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(local, args.lr)
-            with autocast:
-                losses = flow_losses(nets, batch, rng, norm, dev)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            local += 1
-            if local <= 3:
-                print(f"flow step time {time.time() - t0:.2f} s", flush=True)
-            state["steps"]["flow"] += 1
-            state["seconds"]["flow"] += time.time() - t0
-            if state["steps"]["flow"] % 25 == 0:
-                msg = {k: round(float(v), 4) for k, v in losses.items()}
-                print(f"flow step {state['steps']['flow']}: {msg}", flush=True)
-                state["log"].append({"phase": "flow", "step": state["steps"]["flow"], **msg})
-            if time.time() - last_save > 120:
-                save_checkpoint(nets, state, ckpt)
-                last_save = time.time()
+        run_phase("flow", FLOW_NETS, args.flow_batch, lambda batch: flow_losses(nets, batch, rng, norm, dev), chunk_left)
     save_checkpoint(nets, state, ckpt)
     print(f"saved {ckpt}: {state['steps']}, seconds {state['seconds']}", flush=True)
     if args.export and state["slat_normalization"] is not None:

@@ -263,6 +263,13 @@ class _LatentDecoder(SparseTransformerBase):
         return self.decode_features(x)
 
 
+def gaussian_representation_config(num_gaussians: int = 32) -> dict:
+    """The Gaussian decoder's ``representation_config`` as TRELLIS-image-large publishes it."""
+    return {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
+            "perturb_offset": True, "voxel_size": 1.5, "num_gaussians": num_gaussians, "2d_filter_kernel_size": 0.1,
+            "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}
+
+
 def hammersley_points(n: int) -> torch.Tensor:
     """``[n, 3]`` Hammersley points: ``(i/n, radical inverse of i in base 2, in base 3)``."""
 
