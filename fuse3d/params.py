@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Optional, Tuple
 
 from .method.alignment import DEFAULT_HEADS, DEFAULT_THRESHOLD
 from .method.enhancement import LAMBDA_MODES, check_lambda

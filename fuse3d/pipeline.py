@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -344,11 +343,13 @@ class Run:
         position = {t: j for j, t in enumerate(fed)}
         return fed, CaptureTarget("forward", torch.tensor([position[int(t)] for t in sel + prefix]))
 
-    def _capture_params(self) -> dict:
+    def _capture_params(self, i: int) -> dict:
         p = self.params
-        return {**self._model(), "seed": p.seed, "sampler": self._latent_params(), "tokens": p.capture_tokens,
-                "blocks": p.capture_blocks, "steps": p.capture_steps, "detail": p.capture_detail,
-                "schedule": p.schedule}
+        params = {**self._model(), "seed": p.seed, "sampler": self._latent_params(), "blocks": p.capture_blocks,
+                  "steps": p.capture_steps, "schedule": p.schedule}
+        if i < self.K:  # the reverse capture always feeds the global image's full tokens, without detail
+            params.update(tokens=p.capture_tokens, detail=p.capture_detail)
+        return params
 
     def _capture_inputs(self, i: int) -> dict:
         self._encode(i)
@@ -365,14 +366,14 @@ class Run:
         if memo in self._entries:
             return self._entries[memo]
         # compute every missing capture of this run together (one batched sampling when it fits)
-        keys = {j: stage_key("capture", self._capture_inputs(j), self._capture_params()) for j in range(self.K + 1)}
+        keys = {j: stage_key("capture", self._capture_inputs(j), self._capture_params(j)) for j in range(self.K + 1)}
         missing = [j for j in range(self.K + 1) if self.fuse3d.cache.status("capture", keys[j]) == "missing"]
         if i in missing:
             timing = _timed(lambda: Entry({}, {"entries": self._capture_samplings(missing)}), self.trellis.device)
             for j, entry in zip(missing, timing.meta["entries"]):
                 entry.meta.update(seconds=timing.meta["seconds"], computed_with=len(missing))
                 self.fuse3d.cache.put("capture", keys[j], entry)
-        return self._stage("capture", i, self._capture_inputs(i), self._capture_params(),
+        return self._stage("capture", i, self._capture_inputs(i), self._capture_params(i),
                            lambda: self._capture_samplings([i])[0])
 
     def _capture_samplings(self, items: List[int]) -> List[Entry]:
@@ -541,7 +542,7 @@ class Run:
 
     # ================================================================== stage: unified tokens / enhancement
     def _unified_tokens(self, _: int = 0) -> Entry:
-        rev = self._reverse_alignment()
+        self._reverse_alignment()
         n_images = self.K if self.params.inpainting else self.K + 1
         for i in range(self.K + 1):
             self._encode(i)

@@ -1,5 +1,4 @@
 """The staged Fuse3D pipeline on the tiny model: stages, retune without networks, cache, bad inputs."""
-import warnings
 
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fuse3d.trellis import ModelCall, SparseTensor
+from fuse3d.trellis import SparseTensor
 from fuse3d.trellis.pipeline import load_pipeline
 
 

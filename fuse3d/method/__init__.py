@@ -17,3 +17,7 @@ from .alignment import (
 )
 from .enhancement import EnhancementTables, enhancement_tables, region_lambdas
 from .fusion import UnifiedTokens, foreground_patches, patch_grid_mask, select_tokens, unify_tokens
+
+__all__ = ["DEFAULT_HEADS", "DEFAULT_THRESHOLD", "cells_of_voxels", "cells_to_voxels", "forward_alignment", "refine",
+           "reverse_alignment", "unaligned_cells", "EnhancementTables", "enhancement_tables", "region_lambdas",
+           "UnifiedTokens", "foreground_patches", "patch_grid_mask", "select_tokens", "unify_tokens"]

@@ -11,7 +11,7 @@ Patch ``(i, j)`` of the ``g × g`` grid is patch index ``g·i + j`` and token ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

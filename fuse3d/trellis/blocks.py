@@ -6,16 +6,14 @@ A block works on "rows": a dense ``[B, L, C]`` tensor or the ``[N, C]`` features
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .attention import MultiHeadAttention
-from .sparse import SparseConv3d, SparseLinear, SparseTensor
+from .sparse import SparseConv3d, SparseTensor
 
 Rows = Union[torch.Tensor, SparseTensor]
 

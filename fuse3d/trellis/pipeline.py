@@ -17,9 +17,8 @@ attribute           ``pipeline.json`` key        network
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Union
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -27,8 +26,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, PathLike, file_fingerprint, load_network, read_json, resolve_folder,
                          save_network, write_json)
-from .dinov2 import DINOV2_HUB_NAMES, DinoV2Encoder, images_to_pixels, load_dinov2
-from .sampler import FlowEulerSampler, ModelCall, SamplerOutput, make_sampler
+from .dinov2 import DINOV2_HUB_NAMES, images_to_pixels, load_dinov2
+from .sampler import ModelCall, make_sampler
 from .sparse import SparseTensor
 
 MODEL_KEYS = {

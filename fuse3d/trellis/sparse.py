@@ -12,7 +12,7 @@ finer voxels and neighbour maps of the submanifold convolution are computed once
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
