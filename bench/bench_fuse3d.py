@@ -32,13 +32,12 @@ from fuse3d import Fuse3D  # noqa: E402
 from fuse3d.cache import Cache  # noqa: E402
 from fuse3d.method.processors import CallTracker  # noqa: E402
 from fuse3d.spec import example_spec, load_spec  # noqa: E402
-from fuse3d.testing import randomize_, shell_structure  # noqa: E402
-from fuse3d.trellis import build  # noqa: E402
+from bench_trellis_forward import full_size  # noqa: E402
+from fuse3d.testing import shell_structure  # noqa: E402
 from fuse3d.trellis.attention import use_attn_processors  # noqa: E402
 from fuse3d.trellis.dinov2 import DinoV2Encoder  # noqa: E402
 from fuse3d.trellis.pipeline import TrellisPipeline, load_pipeline  # noqa: E402
 
-MANIFEST = ROOT / "tests" / "fixtures" / "reference" / "trellis_image_large_manifest.json"
 SAMPLERS = {
     "sparse_structure_sampler": {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                                  "params": {"steps": 25, "cfg_strength": 7.5, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}},
@@ -48,18 +47,10 @@ SAMPLERS = {
 
 
 def full_size_pipeline(dev: str) -> TrellisPipeline:
-    manifest = json.loads(MANIFEST.read_text())
     names = {"ss_flow": "ss_flow_img_dit_L_16l8_fp16", "ss_decoder": "ss_dec_conv3d_16l8_fp16",
              "slat_flow": "slat_flow_img_dit_L_64l8p2_fp16", "slat_decoder_mesh": "slat_dec_mesh_swin8_B_64l8m256c_fp16"}
-    nets = {}
-    g = torch.Generator(device=dev).manual_seed(0)
-    for attr, ckpt in names.items():
-        entry = manifest[ckpt]
-        with torch.device(dev):
-            model = build(entry["name"], **{**entry["args"], "use_fp16": False})
-        randomize_(model, g)
-        model.set_torso_dtype(torch.float16 if dev == "cuda" else torch.float32)
-        nets[attr] = model.eval()
+    dtype = torch.float16 if dev == "cuda" else torch.float32
+    nets = {attr: full_size(ckpt, dev, dtype) for attr, ckpt in names.items()}
     with torch.device(dev):
         enc = DinoV2Encoder("vit_large_patch14_reg4_dinov2", 518).eval()
     config = {**SAMPLERS, "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8}}

@@ -29,7 +29,8 @@ from .conditions import Condition, ConditionError, split_global
 from .method import alignment as A
 from .method import enhancement as E
 from .method import fusion as M
-from .method.processors import CallTracker, CaptureProcessor, CaptureState, CaptureTarget, EnhanceProcessor
+from .method.processors import (CallTracker, CaptureProcessor, CaptureState, CaptureTarget, EnhanceProcessor,
+                                capture_result)
 from .params import Fuse3DParams
 from .trellis.attention import use_attn_processors
 from .trellis.pipeline import TrellisPipeline, load_pipeline
@@ -204,7 +205,7 @@ class Run:
         if memo not in self._entries:
             key = stage_key(stage, inputs, params)
             self._keys[memo] = key
-            self._entries[memo] = self.fuse3d.cache.fetch(stage, key, lambda: _timed(compute, self.trellis.device))
+            self._entries[memo] = self.fuse3d.cache.fetch(stage, key, lambda: _timed_entry(compute, self.trellis.device))
         return self._entries[memo]
 
     def timings(self) -> Dict[str, float]:
@@ -369,9 +370,9 @@ class Run:
         keys = {j: stage_key("capture", self._capture_inputs(j), self._capture_params(j)) for j in range(self.K + 1)}
         missing = [j for j in range(self.K + 1) if self.fuse3d.cache.status("capture", keys[j]) == "missing"]
         if i in missing:
-            timing = _timed(lambda: Entry({}, {"entries": self._capture_samplings(missing)}), self.trellis.device)
-            for j, entry in zip(missing, timing.meta["entries"]):
-                entry.meta.update(seconds=timing.meta["seconds"], computed_with=len(missing))
+            entries, seconds = _timed(lambda: self._capture_samplings(missing), self.trellis.device)
+            for j, entry in zip(missing, entries):
+                entry.meta.update(seconds=seconds, computed_with=len(missing))
                 self.fuse3d.cache.put("capture", keys[j], entry)
         return self._stage("capture", i, self._capture_inputs(i), self._capture_params(i),
                            lambda: self._capture_samplings([i])[0])
@@ -427,17 +428,9 @@ class Run:
         with use_attn_processors(trellis.slat_flow, procs):
             slat = trellis.sample_latent(cond.to(dev), noise.coords, noise=noise, neg_cond=torch.zeros_like(cond).to(dev),
                                          progress=self.fuse3d.progress, call_context=tracker, normalize=False, **sampler)
-        out = []
-        for b, (i, (fed, target)) in enumerate(zip(items, specs)):
-            means = state.sums[b].mean()
-            t = {k: v.cpu() for k, v in means.items()}
-            t["target_tokens"] = target.tokens.cpu()
-            t["fed_tokens"] = torch.tensor(fed)
-            if i == self.K:
-                t["mean"] = t["mean"].half()  # [heads, cells, candidates]: the one big map, kept in fp16
-                t["slat0"] = slat.feats[slat.layout[b]].cpu()
-            out.append(Entry(t, {"kind": target.kind, "batch": names, "calls": state.sums[b].count}))
-        return out
+        return [Entry(capture_result(state, b, fed, slat.feats[slat.layout[b]]),
+                      {"kind": target.kind, "batch": names, "calls": state.sums[b].count})
+                for b, (fed, target) in enumerate(specs)]
 
     def head_scores(self, k: int) -> torch.Tensor:
         """``[heads, cells]``: local ``k``'s selected tokens' attention per head (averaged over blocks, steps)."""
@@ -796,8 +789,8 @@ class Run:
                 f"<tbody>{rows}</tbody></table></div>")
 
 
-def _timed(compute, device) -> Entry:
-    """Run a stage's computation and record its wall time (synchronising CUDA) in the entry's meta."""
+def _timed(compute, device):
+    """``(compute(), wall seconds)``, synchronising CUDA around it."""
     import time
 
     def sync():
@@ -806,9 +799,15 @@ def _timed(compute, device) -> Entry:
 
     sync()
     start = time.perf_counter()
-    entry = compute()
+    result = compute()
     sync()
-    entry.meta["seconds"] = round(time.perf_counter() - start, 4)
+    return result, round(time.perf_counter() - start, 4)
+
+
+def _timed_entry(compute, device) -> Entry:
+    """A stage's entry with its wall time recorded in ``meta["seconds"]``."""
+    entry, seconds = _timed(compute, device)
+    entry.meta["seconds"] = seconds
     return entry
 
 

@@ -16,7 +16,7 @@ from typing import List
 import torch
 
 from .cache import Entry
-from .method.processors import CallTracker, CaptureState, CaptureTarget, sdpa
+from .method.processors import CallTracker, CaptureState, CaptureTarget, capture_result, sdpa
 from .trellis.attention import use_attn_processors
 
 
@@ -28,18 +28,24 @@ class SharedCaptureProcessor:
         self.state, self.tracker, self.block = state, tracker, block
         self.contexts = contexts  # per local image: its fed tokens [T_k, C]
         self.reverse_row = reverse_row
+        self._keys = None  # per local image: its keys in this block (the same at every step)
 
     def __call__(self, attn, q, k, v, *, batch, mask=None):
         if self.tracker.branch == "cond" and self.state.wants(self.block, self.tracker.step):
             step = self.tracker.step
             if self.reverse_row >= 0:
                 self.state.add(self.block, step, attn.scale, q, k, range(self.reverse_row, self.reverse_row + 1))
-            for e, ctx in enumerate(self.contexts):
-                keys = attn.to_kv(ctx.to(q.dtype))[:, : attn.channels].reshape(1, -1, attn.num_heads, attn.head_dim)
-                if attn.qk_rms_norm:
-                    keys = attn.k_rms_norm(keys)
+            if self._keys is None:
+                self._keys = [self._local_keys(attn, ctx.to(q.dtype)) for ctx in self.contexts]
+            for e, keys in enumerate(self._keys):
                 self.state.add(self.block, step, attn.scale, q, keys, range(e, e + 1))
         return sdpa(attn, q, k, v)
+
+    @staticmethod
+    def _local_keys(attn, ctx: torch.Tensor) -> torch.Tensor:
+        """``[1, T_k, H, D]``: a local image's tokens through this block's key projection (K = first half of ``to_kv``)."""
+        keys = attn.to_kv(ctx)[:, : attn.channels].reshape(1, -1, attn.num_heads, attn.head_dim)
+        return attn.k_rms_norm(keys) if attn.qk_rms_norm else keys
 
 
 def shared_capture(run, items: List[int]) -> List[Entry]:
@@ -65,14 +71,5 @@ def shared_capture(run, items: List[int]) -> List[Entry]:
     with use_attn_processors(trellis.slat_flow, procs):
         slat = trellis.sample_latent(cond, coords, noise=noise, progress=run.fuse3d.progress, call_context=tracker,
                                      normalize=False, **sampler)
-    out = []
-    for i in items:
-        fed, target = specs[i]
-        t = {k: v.cpu() for k, v in state.sums[i].mean().items()}
-        t["target_tokens"] = target.tokens.cpu()
-        t["fed_tokens"] = torch.tensor(fed)
-        if i == K:
-            t["mean"] = t["mean"].half()
-            t["slat0"] = slat.feats.cpu()
-        out.append(Entry(t, {"kind": target.kind, "schedule": "shared", "calls": state.sums[i].count}))
-    return out
+    return [Entry(capture_result(state, i, specs[i][0], slat.feats),
+                  {"kind": specs[i][1].kind, "schedule": "shared", "calls": state.sums[i].count}) for i in items]

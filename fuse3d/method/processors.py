@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from ..trellis.attention import SDPAProcessor
 from ..trellis.sampler import ModelCall
 from .enhancement import EnhancementTables, enhanced_attention, flex_score_mod, region_plan, region_split_attention
 
@@ -51,12 +51,12 @@ class CallTracker:
             self.branch = "cond"
 
 
+_FUSED = SDPAProcessor()
+
+
 def sdpa(attn, q, k, v, key_mask: Optional[torch.Tensor] = None):
-    """Fused attention ``[b, L, H, D]`` with an optional key mask ``[b, T]`` (True = real token)."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=mask, scale=attn.scale)
-    return out.transpose(1, 2)
+    """The default fused attention ``[b, L, H, D]``, with an optional key mask ``[b, T]`` (True = real token)."""
+    return _FUSED(attn, q, k, v, batch=None, mask=None if key_mask is None else key_mask[:, None, None, :])
 
 
 def attention_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float, v: Optional[torch.Tensor] = None):
@@ -183,6 +183,23 @@ class CaptureState:
                 logits = torch.matmul(kh[:, idx] * scale, qh.transpose(1, 2))
                 sums.total += logits.float().softmax(-1)
             sums.count += 1
+
+
+def capture_result(state: CaptureState, e: int, fed, slat0: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """The tensors a capture stage stores for batch element ``e`` of ``state``.
+
+    ``mean`` (and ``by_block``/``by_step``), the target and fed token indices; for the reverse target
+    the ``[heads, cells, candidates]`` map is kept in fp16 and ``slat0`` is the sampled latent.
+    """
+    target = state.targets[e]
+    t = {k: v.cpu() for k, v in state.sums[e].mean().items()}
+    t["target_tokens"] = target.tokens.cpu()
+    t["fed_tokens"] = torch.tensor(fed)
+    if target.kind == "reverse":
+        t["mean"] = t["mean"].half()
+        if slat0 is not None:
+            t["slat0"] = slat0.cpu()
+    return t
 
 
 class CaptureProcessor:
