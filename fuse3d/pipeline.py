@@ -461,6 +461,17 @@ class Run:
         return self._stage("forward_alignment", k, {"capture": self._keys[("capture", k)]},
                            {"heads": list(p.heads), "threshold": p.threshold}, compute)
 
+    def _neighbourhoods(self, _: int = 0) -> Entry:
+        """The cells' k-nearest neighbourhoods for the vote (shared by every local image and retune)."""
+        p = self.params
+
+        def compute():
+            idx, valid = A.neighbourhoods(self.cells[:, 1:], p.refine_k, p.refine_ties)
+            return Entry({"index": idx, "valid": valid})
+
+        return self._stage("neighbourhoods", 0, {"structure": self._keys_after("structure")},
+                           {"k": p.refine_k, "ties": p.refine_ties}, compute)
+
     def _refine(self, k: int) -> Entry:
         p = self.params
         fwd = self._forward_alignment(k)
@@ -468,7 +479,9 @@ class Run:
         def compute():
             if not p.refine:
                 return Entry({"mask": fwd["mask"].clone()})
-            mask = A.refine(fwd["mask"], self.cells[:, 1:], p.refine_k, p.refine_fill, p.refine_clear, p.refine_ties)
+            nbr = self._neighbourhoods()
+            mask = A.refine(fwd["mask"], self.cells[:, 1:], p.refine_k, p.refine_fill, p.refine_clear, p.refine_ties,
+                            neighbours=(nbr["index"], nbr["valid"]))
             return Entry({"mask": mask})
 
         params = {"refine": p.refine, "k": p.refine_k, "fill": p.refine_fill, "clear": p.refine_clear, "ties": p.refine_ties}

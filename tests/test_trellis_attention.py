@@ -42,6 +42,21 @@ def test_ragged_sparse_batch_runs_per_element():
     assert (out.feats[12:] - alone.feats).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_ragged_batch_under_default_processor_is_padded_and_exact(kind):
+    """The default fused processor pads a ragged batch into one call; rows equal per-element runs."""
+    torch.manual_seed(0)
+    coords = random_voxels((12, 20, 7))
+    x = SparseTensor(torch.randn(39, 32), coords)
+    ctx = torch.randn(3, 5, 16) if kind == "cross" else None
+    attn = MultiHeadAttention(32, 4, ctx_channels=16 if kind == "cross" else None, type=kind, qk_rms_norm=True)
+    padded = attn(x, ctx).feats
+    attn.processor = Recorder()  # any other processor: one element at a time
+    per_element = attn(x, ctx).feats
+    assert len(attn.processor.calls) == 3
+    assert (padded - per_element).abs().max() < 1e-5
+
+
 def test_equal_length_sparse_batch_is_one_call():
     coords = torch.cat([random_voxels((9,)), random_voxels((9,))])
     coords[9:, 0] = 1

@@ -3,49 +3,16 @@ sets and thresholds, computed from the cached capture (``run.retune``; no networ
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
+from fuse3d.train.evaluate import alignment_table, iou, mean_iou
+
 from . import style
 
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union of two bool arrays (1.0 when both are empty)."""
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    union = int((pred | truth).sum())
-    return 1.0 if union == 0 else int((pred & truth).sum()) / union
-
-
-def alignment_table(run, truth: Sequence[np.ndarray], head_sets: Iterable[Sequence[int]],
-                    thresholds: Iterable[float], refine: bool = True) -> List[dict]:
-    """One row per (heads, threshold, local): IoU, precision and recall of the aligned voxels.
-
-    Args:
-        truth: per local ``[N]`` bool true part voxels (e.g. :meth:`viz.examples.Example.truth`).
-        head_sets: 0-based head lists to compare.
-        thresholds: forward-alignment thresholds.
-    """
-    rows = []
-    for heads in head_sets:
-        for thr in thresholds:
-            tuned = run.retune(heads=list(heads), threshold=float(thr), refine=refine)
-            for k, t in enumerate(truth):
-                pred = tuned.aligned_voxels(k, refined=True).numpy()
-                hit = int((pred & t).sum())
-                rows.append({"heads": tuple(int(h) for h in heads), "threshold": float(thr), "local": k,
-                             "iou": iou(pred, t), "precision": hit / max(int(pred.sum()), 1),
-                             "recall": hit / max(int(t.sum()), 1)})
-    return rows
-
-
-def mean_iou(rows: Sequence[dict]) -> dict:
-    """``(heads, threshold) → IoU`` averaged over the local images."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["heads"], r["threshold"]), []).append(r["iou"])
-    return {key: float(np.mean(v)) for key, v in groups.items()}
+__all__ = ["alignment_table", "iou", "iou_figure", "mean_iou"]
 
 
 def iou_figure(rows: Sequence[dict], source=None) -> go.Figure:

@@ -14,7 +14,7 @@ Heads are 0-based (the paper's heads 1, 5, 13 are ``[0, 4, 12]``).
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -119,11 +119,14 @@ def neighbourhoods(cell_xyz: torch.Tensor, k: int = 16, ties: Literal["include",
 
 
 def refine(mask: torch.Tensor, cell_xyz: torch.Tensor, k: int = 16, fill: float = 0.6, clear: float = 0.4,
-           ties: Literal["include", "index"] = "include") -> torch.Tensor:
+           ties: Literal["include", "index"] = "include",
+           neighbours: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """One majority vote over k-nearest neighbourhoods (appendix A.1).
 
     An unselected cell is filled when at least ``fill`` of its neighbourhood is selected; a selected
     cell is cleared when less than ``clear`` is. The cell itself counts as a neighbour.
+    ``neighbours``: :func:`neighbourhoods` of ``cell_xyz`` with this ``k`` and ``ties``, when
+    already computed (they depend on the cells only, not on the mask).
     """
     if not (0.0 <= clear <= fill <= 1.0):
         raise ValueError(f"need 0 <= clear <= fill <= 1, got fill={fill}, clear={clear}")
@@ -132,13 +135,13 @@ def refine(mask: torch.Tensor, cell_xyz: torch.Tensor, k: int = 16, fill: float 
     mask = mask.bool().cpu()
     if mask.numel() == 0:
         return mask
-    idx, valid = neighbourhoods(cell_xyz, k, ties)
-    votes = (mask[idx] & valid).sum(1).float()
-    share = votes / valid.sum(1).float()
-    out = mask.clone()
-    out[(~mask) & (share >= fill)] = True
-    out[mask & (share < clear)] = False
-    return out
+    idx, valid = neighbourhoods(cell_xyz, k, ties) if neighbours is None else neighbours
+    m, valid = mask.numpy(), valid.numpy()
+    share = (m[idx.numpy()] & valid).sum(1) / valid.sum(1)  # small arrays: numpy, no thread pool
+    out = m.copy()
+    out[(~m) & (share >= fill)] = True
+    out[m & (share < clear)] = False
+    return torch.from_numpy(out)
 
 
 def unaligned_cells(aligned: Sequence[torch.Tensor], num_cells: int) -> torch.Tensor:

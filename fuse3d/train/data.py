@@ -7,7 +7,11 @@ the 4× finer voxels. Everything is numpy, so many worker processes can build a 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List
 
 import numpy as np
@@ -97,3 +101,45 @@ def make_objects(seeds: List[int], workers: int = 1, **kw) -> List[ObjectSample]
 
     with ProcessPoolExecutor(workers) as pool:
         return list(pool.map(partial(make_object, **kw), seeds, chunksize=8))
+
+
+_ARRAYS = ("coords", "color", "normal", "part", "images", "fine_index", "corner_sdf", "corner_color")
+
+
+def save_objects(path, samples: List[ObjectSample]) -> None:
+    """Write samples to one safetensors file (arrays concatenated per field, row counts in the metadata)."""
+    from safetensors.numpy import save_file
+
+    tensors = {name: np.ascontiguousarray(np.concatenate([getattr(s, name) for s in samples])) for name in _ARRAYS}
+    meta = {name: [len(getattr(s, name)) for s in samples] for name in _ARRAYS}
+    meta["seed"] = [s.seed for s in samples]
+    tmp = str(path) + ".tmp"
+    save_file(tensors, tmp, metadata={"layout": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_objects(path) -> List[ObjectSample]:
+    """Read what :func:`save_objects` wrote."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(str(path), "np") as f:
+        meta = json.loads(f.metadata()["layout"])
+    arrays = load_file(str(path))
+    split = {name: np.split(arrays[name], np.cumsum(meta[name])[:-1]) for name in _ARRAYS}
+    return [ObjectSample(seed, **{name: split[name][i] for name in _ARRAYS}) for i, seed in enumerate(meta["seed"])]
+
+
+def cached_objects(seeds: List[int], cache_dir=None, **kw) -> List[ObjectSample]:
+    """:func:`make_objects`, read from / written to ``cache_dir`` (keyed by seeds and options) if given."""
+    if cache_dir is None:
+        return make_objects(seeds, **kw)
+    workers = kw.pop("workers", 1)
+    key = hashlib.sha256(json.dumps([seeds, sorted(kw.items())]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"objects-{key}.safetensors"
+    if path.is_file():
+        return load_objects(path)
+    samples = make_objects(seeds, workers=workers, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_objects(path, samples)
+    return samples

@@ -1,24 +1,29 @@
 """Train the small TRELLIS-architecture model on procedural part-labelled objects.
 
-    python -m fuse3d.train.train --work DIR --minutes 9 [--total-minutes 18] [--objects 1500]
+    python -m fuse3d.train.train --work DIR --minutes 9.5 [--total-minutes 34] [--objects 2400]
 
 The same network classes as TRELLIS-image-large, at small width. Training runs in time-boxed chunks
-that checkpoint to ``DIR/ckpt`` (safetensors + ``state.json``; optimiser moments are not kept, a
-resumed chunk warms its learning rate up again) and resume from it, in two phases:
+(``--minutes`` of wall time each, building the data included) that checkpoint to ``DIR/ckpt``
+(safetensors in fp16 + ``state.json``; optimiser moments are not kept, a resumed chunk warms its
+learning rate up again) and resume from it, in two phases that split ``--total-minutes`` of training:
 
-1. **autoencoders** (first ``--vae-share`` of ``--total-minutes``): the sparse-structure VAE on 64³
-   surface occupancy (BCE); the structured-latent encoder on per-voxel colour + normal with two
-   decoders: Gaussians (colour, scale, opacity) and the mesh decoder (exact signed distances and
-   colours at the cube corners of the 4× finer voxels, from the procedural shapes).
+1. **autoencoders** (the first ``--vae-share``): the sparse-structure VAE on 64³ surface occupancy
+   (BCE + soft Dice); the structured-latent encoder on per-voxel colour + normal with two decoders:
+   Gaussians (colour, scale, opacity) and the mesh decoder (exact signed distances and colours at the
+   cube corners of the 4× finer voxels, from the procedural shapes).
 2. **flows** (the rest): the structure flow and the latent flow with rectified-flow losses on the
-   frozen autoencoders' latents, conditioned on the tokens of a small DINOv2-architecture encoder
-   trained jointly from scratch (10 % of conditions dropped to zeros, for classifier-free guidance).
+   frozen autoencoders' latents (computed once per chunk), conditioned on the tokens of a small
+   DINOv2-architecture encoder trained jointly from scratch (10 % of conditions dropped to zeros, for
+   classifier-free guidance). An exponential moving average of these three networks is what gets
+   exported.
 
-``--export DIR`` writes the TRELLIS-format model folder (fp16 blocks) from the latest checkpoint.
+Each phase's learning rate decays on a cosine over its planned time; gradients are clipped per network.
+``--minutes 0 --export DIR`` writes the TRELLIS-format model folder (fp16 blocks) from the checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -37,7 +42,7 @@ from ..trellis.pipeline import write_pipeline
 from ..trellis.registry import build
 from ..trellis.sparse import SparseTensor
 from ..trellis.vae import gaussian_representation_config
-from .data import ObjectSample, make_objects
+from .data import ObjectSample, cached_objects
 
 WIDTH = 128  # token width of the small encoder = the flows' cond_channels
 SIGMA_MIN = 1e-5
@@ -109,7 +114,9 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     occ = occupancy(samples, device)
     z, mean, logvar = nets["ss_encoder"](occ, sample_posterior=True, return_raw=True)
     logits = nets["ss_decoder"](z)
-    ss_bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=torch.tensor(20.0, device=device))
+    ss_bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=torch.tensor(2.0, device=device))
+    prob = torch.sigmoid(logits)
+    ss_dice = 1 - (2 * (prob * occ).sum((1, 2, 3, 4)) + 1) / ((prob + occ).sum((1, 2, 3, 4)) + 1)
     ss_kl = 0.5 * (mean**2 + logvar.exp() - logvar - 1).mean()
 
     x = sparse_batch(samples, [np.concatenate([s.color, s.normal], 1) for s in samples], device)
@@ -136,8 +143,33 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     band = 3.0 / (4 * mesh.resolution)
     mesh_sdf = F.smooth_l1_loss(sdf.clamp(-band, band) / band * 3, target.clamp(-band, band) / band * 3)
     mesh_color = F.mse_loss(mesh.field(mout, "color")[rows][..., :3], torch.as_tensor(first.corner_color, device=device))
-    return {"ss_bce": ss_bce, "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl, "gs_color": gs_color,
-            "gs_scale": 0.01 * gs_scale, "gs_opacity": 0.1 * gs_opacity, "mesh_sdf": mesh_sdf, "mesh_color": mesh_color}
+    # colour is weighted up: with equal weights the shared encoder spends its latent on the mesh
+    # decoder's sub-voxel geometry and colour collapses to one direction of RGB
+    return {"ss_bce": ss_bce, "ss_dice": ss_dice.mean(), "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl,
+            "gs_color": 10 * gs_color, "gs_scale": 0.01 * gs_scale, "gs_opacity": 0.1 * gs_opacity,
+            "mesh_sdf": mesh_sdf, "mesh_color": 10 * mesh_color}
+
+
+@torch.no_grad()
+def rescale_structure_latent(nets, samples: List[ObjectSample], device) -> List[float]:
+    """Give the sparse-structure latent unit standard deviation per channel, exactly.
+
+    The TRELLIS format has no normalisation for this latent (only ``slat_normalization``), and the
+    flow must see unit-scale data (at std 0.2 the velocity loss of a model that learned nothing is
+    already small), so the scale goes into the autoencoder: the encoder's mean channels are divided by
+    ``σ_c`` (log-variance shifted by ``−2·log σ_c``) and the decoder's first convolution takes
+    ``σ_c·z_c`` — the decoded occupancy is unchanged. Returns the ``σ_c`` applied.
+    """
+    z = torch.cat([nets["ss_encoder"](occupancy(samples[i:i + 8], device)) for i in range(0, len(samples), 8)])
+    sigma = z.transpose(0, 1).reshape(z.shape[1], -1).std(1)
+    c = len(sigma)
+    enc = nets["ss_encoder"].out_layer[-1]
+    enc.weight[:c] /= sigma.view(c, 1, 1, 1, 1).to(enc.weight)
+    enc.bias[:c] /= sigma.to(enc.bias)
+    enc.bias[c:] -= 2 * torch.log(sigma).to(enc.bias)
+    dec = nets["ss_decoder"].input_layer
+    dec.weight *= sigma.view(1, c, 1, 1, 1).to(dec.weight)
+    return sigma.tolist()
 
 
 def flow_target(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
@@ -146,50 +178,81 @@ def flow_target(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
     return xt, (1 - SIGMA_MIN) * noise - x0
 
 
-def flow_losses(nets, samples, rng, norm, device) -> Dict[str, torch.Tensor]:
-    b = len(samples)
-    with torch.no_grad():
-        x0_ss = nets["ss_encoder"](occupancy(samples, device))
-        x = sparse_batch(samples, [np.concatenate([s.color, s.normal], 1) for s in samples], device)
-        x0_slat = (nets["slat_encoder"](x, sample_posterior=False).feats - norm[0]) / norm[1]
-    cond = nets["encoder"](images(samples, rng, device))
-    keep = (torch.rand(b, 1, 1, device=device) > 0.1).float()
+class FlowData:
+    """Everything the flow phase reads, on the device: the frozen autoencoders' latents of every
+    object (structure latent ``[8, 16, 16, 16]``; normalised structured latent ``[N, 8]`` on its voxels)
+    and the condition images (uint8)."""
+
+    def __init__(self, nets, samples: List[ObjectSample], norm, device, chunk: int = 16):
+        self.ss, self.slat, self.coords = [], [], []
+        with torch.no_grad():
+            for i in range(0, len(samples), chunk):
+                part = samples[i:i + chunk]
+                self.ss.extend(nets["ss_encoder"](occupancy(part, device)).unbind(0))
+                x = sparse_batch(part, [np.concatenate([s.color, s.normal], 1) for s in part], device)
+                z = (nets["slat_encoder"](x, sample_posterior=False).feats - norm[0]) / norm[1]
+                self.slat.extend(z[sl] for sl in x.layout)
+                self.coords.extend(x.coords[sl, 1:] for sl in x.layout)
+        self.images = torch.as_tensor(np.stack([s.images for s in samples]), device=device)  # [O, V, H, W, 3]
+
+    def __len__(self) -> int:
+        return len(self.ss)
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator):
+        """``(x0_ss [B, 8, 16, 16, 16], x0_slat SparseTensor, images [B, 3, 518, 518])`` of objects ``idx``."""
+        coords = torch.cat([F.pad(self.coords[i], (1, 0), value=b) for b, i in enumerate(idx)])
+        slat = SparseTensor(torch.cat([self.slat[i] for i in idx]), coords, len(idx))
+        views = torch.as_tensor(rng.integers(self.images.shape[1], size=len(idx)), device=self.images.device)
+        img = self.images[torch.as_tensor(idx, device=self.images.device), views]
+        return torch.stack([self.ss[i] for i in idx]), slat, img.permute(0, 3, 1, 2).float() / 255.0
+
+
+def flow_losses(nets, data: FlowData, idx: np.ndarray, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+    x0_ss, x0_slat, img = data.batch(idx, rng)
+    b, device = len(idx), x0_ss.device
+    cond = nets["encoder"](img)
+    keep = (torch.rand(b, 1, 1, device=device) > 0.1).float()  # 10 % unconditional, for CFG
     cond = cond * keep
     t = torch.sigmoid(torch.randn(b, device=device))  # logit-normal times
     xt, v = flow_target(x0_ss, t.view(b, 1, 1, 1, 1), torch.randn_like(x0_ss))
     ss = F.mse_loss(nets["ss_flow"](xt, 1000 * t, cond), v)
-    tv = t[x.batch_index][:, None]
-    xt, v = flow_target(x0_slat, tv, torch.randn_like(x0_slat))
-    slat = F.mse_loss(nets["slat_flow"](x.replace(xt), 1000 * t, cond).feats, v)
+    tv = t[x0_slat.batch_index][:, None]
+    xt, v = flow_target(x0_slat.feats, tv, torch.randn_like(x0_slat.feats))
+    slat = F.mse_loss(nets["slat_flow"](x0_slat.replace(xt), 1000 * t, cond).feats, v)
     return {"ss_flow": ss, "slat_flow": slat}
 
 
 # ============================================================================ checkpoints
-def save_checkpoint(nets, state: dict, folder: Path) -> None:
+def save_checkpoint(nets, ema, state: dict, folder: Path) -> None:
+    """Networks (and the flows' EMA copies) in fp16 — small enough to travel between chunks — and state."""
     folder.mkdir(parents=True, exist_ok=True)
-    for group, names in CKPT_GROUPS.items():
-        tensors = {f"{n}.{k}": v.float() for n in names for k, v in nets[n].state_dict().items()}
+    groups = {**{g: {n: nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": ema}
+    for group, modules in groups.items():
+        tensors = {f"{n}.{k}": v.half() for n, m in modules.items() for k, v in m.state_dict().items()}
         write_safetensors(folder / f"{group}.safetensors", tensors)
     write_json(folder / "state.json", state)
 
 
-def load_checkpoint(nets, folder: Path) -> dict:
-    for group, names in CKPT_GROUPS.items():
+def load_checkpoint(nets, ema, folder: Path) -> dict:
+    groups = {**{g: {n: nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": ema}
+    for group, modules in groups.items():
         tensors = read_safetensors(folder / f"{group}.safetensors")
-        for n in names:
+        for n, m in modules.items():
             prefix = n + "."
-            nets[n].load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     return json.loads((folder / "state.json").read_text())
 
 
-def export_model(nets, state: dict, out: Path) -> Path:
-    """Write the trained networks as a TRELLIS-format folder (blocks in fp16, as published)."""
-    networks = {key: (nets[n], f"{n}_small", cls, args) for n, (key, cls, args) in NETWORKS.items() if key}
+def export_model(nets, ema, state: dict, out: Path) -> Path:
+    """Write the trained networks as a TRELLIS-format folder (blocks in fp16, as published); the
+    flows and the condition encoder are their exponential moving averages."""
+    final = {**nets, **ema}
+    networks = {key: (final[n], f"{n}_small", cls, args) for n, (key, cls, args) in NETWORKS.items() if key}
     params = {"steps": 12, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": SIGMA_MIN}}
-    nets["encoder"].eval().half()  # the small encoder is stored in fp16 (loaded back as fp32 on CPU)
+    encoder = copy.deepcopy(final["encoder"]).eval().half()  # stored in fp16 (loaded back as fp32 on CPU)
     return write_pipeline(
-        out, networks, (nets["encoder"], "image_cond_model_small"),
+        out, networks, (encoder, "image_cond_model_small"),
         ss_sampler={**sampler, "params": {**params, "cfg_strength": 5.0}},
         slat_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
         slat_normalization=state["slat_normalization"],
@@ -200,74 +263,153 @@ def export_model(nets, state: dict, out: Path) -> Path:
 
 
 # ============================================================================ loop
-def lr_at(step: int, base: float, warmup: int = 200) -> float:
-    return base * min(1.0, (step + 1) / warmup)
+def lr_at(step: int, progress: float, base: float, warmup: int = 200) -> float:
+    """Linear warm-up over ``warmup`` steps (of this chunk), then cosine decay to 10 % over the phase's
+    planned time (``progress`` ∈ [0, 1])."""
+    decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return base * min(1.0, (step + 1) / warmup) * decay
+
+
+@torch.no_grad()
+def ema_update(ema: Dict[str, torch.nn.Module], nets, step: int, decay: float = 0.999, names=None) -> None:
+    d = min(decay, (1 + step) / (10 + step))
+    for n in names or ema:
+        torch._foreach_lerp_(list(ema[n].parameters()), list(nets[n].parameters()), 1 - d)
+
+
+def train_structure_flow(args, nets, ema, state: dict, data: List[ObjectSample], device, deadline: float) -> None:
+    """Train the structure flow alone on the frozen (EMA) condition encoder's tokens, computed once.
+
+    Cheap enough for a CPU: the structure flow is small and the encoder runs once per image. Used to
+    redo the structure flow without a GPU (e.g. after :func:`rescale_structure_latent`).
+    """
+    flow, encoder = nets["ss_flow"], ema["encoder"].eval()
+    t0 = time.time()
+    with torch.no_grad():
+        x0 = torch.cat([nets["ss_encoder"](occupancy(data[i:i + 8], device)) for i in range(0, len(data), 8)])
+        tokens = torch.stack([torch.cat([encoder(torch.as_tensor(s.images, device=device).permute(0, 3, 1, 2).float() / 255)])
+                              for s in data])  # [O, V, T, C]
+    print(f"structure latents and tokens of {len(data)} objects in {time.time() - t0:.1f} s", flush=True)
+    if state["steps"].get("structure", 0) == 0:
+        ema["ss_flow"].load_state_dict(flow.state_dict())
+    opt = torch.optim.AdamW(flow.parameters(), lr=args.lr, weight_decay=0.0)
+    rng = np.random.default_rng(args.seed + state["steps"].get("structure", 0))
+    local, start = 0, time.time()
+    budget = max(deadline - start, 1.0)
+    while time.time() < deadline:
+        idx = torch.as_tensor(rng.integers(len(data), size=args.flow_batch))
+        view = torch.as_tensor(rng.integers(tokens.shape[1], size=len(idx)))
+        b = len(idx)
+        cond = tokens[idx, view] * (torch.rand(b, 1, 1, device=device) > 0.1).float()
+        t = torch.sigmoid(torch.randn(b, device=device))
+        xt, v = flow_target(x0[idx], t.view(b, 1, 1, 1, 1), torch.randn_like(x0[idx]))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(local, (time.time() - start) / budget, args.lr, warmup=100)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.flow_bf16):
+            loss = F.mse_loss(flow(xt, 1000 * t, cond).float(), v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, nets, local, decay=0.998, names=["ss_flow"])
+        local += 1
+        state["steps"]["structure"] = state["steps"].get("structure", 0) + 1
+        if local % 50 == 0:
+            print(f"structure step {state['steps']['structure']} ({(time.time() - start) / local:.2f} s/step): "
+                  f"ss_flow {loss.item():.4f}", flush=True)
+            state["log"].append({"phase": "structure", "step": state["steps"]["structure"], "ss_flow": round(loss.item(), 4)})
+    state["seconds"]["structure"] = state["seconds"].get("structure", 0.0) + time.time() - start
 
 
 def train(args) -> None:
+    start = time.time()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     work = Path(args.work)
     ckpt = work / "ckpt"
     nets = build_networks(dev)
+    ema = {n: copy.deepcopy(nets[n]).requires_grad_(False) for n in FLOW_NETS}
     state = {"objects": args.objects, "seconds": {"vae": 0.0, "flow": 0.0}, "steps": {"vae": 0, "flow": 0},
              "slat_normalization": None, "log": []}
     if (ckpt / "state.json").is_file():
-        state = load_checkpoint(nets, ckpt)
+        state = load_checkpoint(nets, ema, ckpt)
         print(f"resumed from {ckpt}: {state['steps']}", flush=True)
-    t_data = time.time()
+    if args.minutes <= 0:
+        if args.export:
+            print("exported", export_model(nets, ema, state, Path(args.export)), flush=True)
+        return
     seeds = list(range(args.seed_base, args.seed_base + args.objects))
-    data = make_objects(seeds, workers=args.workers, views=args.views)
-    print(f"built {len(data)} objects in {time.time() - t_data:.1f} s", flush=True)
-    budget = args.minutes * 60
-    vae_budget = args.total_minutes * 60 * args.vae_share
-    start = time.time()
-    # float32 with TF32 matmuls: the models are small, and half-precision atomics in the sparse
-    # gathers' backward passes are slow
-    autocast = torch.autocast(dev, enabled=False)
+    data = cached_objects(seeds, args.data_cache, workers=args.workers, views=args.views)
+    print(f"{len(data)} objects ready in {time.time() - start:.1f} s", flush=True)
+    if args.structure_only:
+        for n in VAE_NETS:
+            nets[n].eval().requires_grad_(False)
+        if "structure_latent_scale" not in state:
+            state["structure_latent_scale"] = rescale_structure_latent(nets, data[:256], dev)
+            print("structure latent rescaled by", state["structure_latent_scale"], flush=True)
+        train_structure_flow(args, nets, ema, state, data, dev, deadline=start + args.minutes * 60)
+        save_checkpoint(nets, ema, state, ckpt)
+        print(f"saved {ckpt}: {state['steps']}", flush=True)
+        if args.export:
+            print("exported", export_model(nets, ema, state, Path(args.export)), flush=True)
+        return
+    phase_budget = {"vae": args.total_minutes * 60 * args.vae_share,
+                    "flow": args.total_minutes * 60 * (1 - args.vae_share)}
 
-    def chunk_left() -> bool:
-        return time.time() - start < budget
+    def chunk_left() -> bool:  # the chunk's wall time counts from the start, data building included
+        return time.time() - start < args.minutes * 60
 
     saver = {"last": start}
 
     def run_phase(phase: str, names, batch_size: int, losses_of, keep_going) -> None:
-        """Optimise ``names`` on ``losses_of(batch)`` while ``keep_going()``; log, checkpoint."""
-        params = [p for n in names for p in nets[n].parameters()]
-        opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+        """Optimise ``names`` on ``losses_of(object indices)`` while ``keep_going()``; log, checkpoint.
+
+        Float32 with TF32 matmuls (the models are small, and half-precision atomics in the sparse
+        convolutions' backward passes are slow); gradients clipped per network.
+        """
+        groups = [list(nets[n].parameters()) for n in names]
+        opt = torch.optim.AdamW([p for g in groups for p in g], lr=args.lr, weight_decay=0.0)
         local = 0
         while keep_going():
             t0 = time.time()
-            batch = [data[i] for i in rng.integers(len(data), size=batch_size)]
             for g in opt.param_groups:
-                g["lr"] = lr_at(local, args.lr)
-            with autocast:
-                losses = losses_of(batch)
+                g["lr"] = lr_at(local, state["seconds"][phase] / phase_budget[phase], args.lr)
+            losses = losses_of(rng.integers(len(data), size=batch_size))
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for g in groups:
+                torch.nn.utils.clip_grad_norm_(g, 1.0)
             opt.step()
+            if phase == "flow":
+                ema_update(ema, nets, state["steps"]["flow"])
             local += 1
             if local <= 3:
                 print(f"{phase} step time {time.time() - t0:.2f} s", flush=True)
             state["steps"][phase] += 1
             state["seconds"][phase] += time.time() - t0
-            if state["steps"][phase] % 25 == 0:
-                msg = {k: round(float(v), 4) for k, v in losses.items()}
-                print(f"{phase} step {state['steps'][phase]}: {msg}", flush=True)
+            if state["steps"][phase] % 50 == 0:
+                msg = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+                rate = state["seconds"][phase] / state["steps"][phase]
+                print(f"{phase} step {state['steps'][phase]} ({rate:.3f} s/step): {msg}", flush=True)
                 state["log"].append({"phase": phase, "step": state["steps"][phase], **msg})
-            if time.time() - saver["last"] > 120:
-                save_checkpoint(nets, state, ckpt)
+            if time.time() - saver["last"] > 180:
+                save_checkpoint(nets, ema, state, ckpt)
                 saver["last"] = time.time()
 
     # ---------------------------------------------------------------- phase 1: autoencoders
-    run_phase("vae", VAE_NETS, args.vae_batch, lambda batch: vae_losses(nets, batch, dev),
-              lambda: state["seconds"]["vae"] < vae_budget and chunk_left())
+    vae_steps = state["steps"]["vae"]
+    run_phase("vae", VAE_NETS, args.vae_batch, lambda idx: vae_losses(nets, [data[i] for i in idx], dev),
+              lambda: state["seconds"]["vae"] < phase_budget["vae"] and chunk_left())
+    if state["steps"]["vae"] != vae_steps:
+        state["slat_normalization"] = None  # the latents changed (a longer autoencoder phase on resume)
 
     # ---------------------------------------------------------------- normalisation of the latents
-    if state["seconds"]["vae"] >= vae_budget and state["slat_normalization"] is None:
+    if state["seconds"]["vae"] >= phase_budget["vae"] and state["slat_normalization"] is None:
+        state["structure_latent_scale"] = rescale_structure_latent(nets, data[:256], dev)
+        print("structure latent rescaled by", state["structure_latent_scale"], flush=True)
         with torch.no_grad():
             feats = []
             for i in range(0, min(len(data), 256), 16):
@@ -279,31 +421,46 @@ def train(args) -> None:
         print("latent normalisation", state["slat_normalization"], flush=True)
 
     # ---------------------------------------------------------------- phase 2: flows
-    if state["slat_normalization"] is not None:
+    if state["slat_normalization"] is not None and chunk_left():
         for n in VAE_NETS:
             nets[n].eval().requires_grad_(False)
         norm = [torch.tensor(state["slat_normalization"][k], device=dev) for k in ("mean", "std")]
-        run_phase("flow", FLOW_NETS, args.flow_batch, lambda batch: flow_losses(nets, batch, rng, norm, dev), chunk_left)
-    save_checkpoint(nets, state, ckpt)
+        t0 = time.time()
+        flow_data = FlowData(nets, data, norm, dev)
+        print(f"latents of {len(flow_data)} objects in {time.time() - t0:.1f} s", flush=True)
+        autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=args.flow_bf16)
+
+        def losses_of(idx):
+            with autocast:  # mostly for the attention kernels, which dominate a float32 flow step
+                return flow_losses(nets, flow_data, idx, rng)
+
+        run_phase("flow", FLOW_NETS, args.flow_batch, losses_of, chunk_left)
+    save_checkpoint(nets, ema, state, ckpt)
     print(f"saved {ckpt}: {state['steps']}, seconds {state['seconds']}", flush=True)
     if args.export and state["slat_normalization"] is not None:
-        print("exported", export_model(nets, state, Path(args.export)), flush=True)
+        print("exported", export_model(nets, ema, state, Path(args.export)), flush=True)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="working folder (checkpoints in WORK/ckpt)")
-    ap.add_argument("--minutes", type=float, default=9.0, help="training time of this chunk")
-    ap.add_argument("--total-minutes", type=float, default=18.0, help="planned training time over all chunks")
-    ap.add_argument("--vae-share", type=float, default=0.3, help="share of the total spent on the autoencoders")
-    ap.add_argument("--objects", type=int, default=1500)
+    ap.add_argument("--minutes", type=float, default=9.0,
+                    help="wall time of this chunk, building the data included (0: only --export)")
+    ap.add_argument("--total-minutes", type=float, default=36.0, help="planned training time over all chunks")
+    ap.add_argument("--vae-share", type=float, default=0.2, help="share of the total spent on the autoencoders")
+    ap.add_argument("--objects", type=int, default=2400)
     ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seed-base", type=int, default=100000, help="first object seed (evaluation uses others)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--data-cache", default=None, help="folder to keep the built objects in between chunks")
     ap.add_argument("--vae-batch", type=int, default=4)
-    ap.add_argument("--flow-batch", type=int, default=16)
+    ap.add_argument("--flow-batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--structure-only", action="store_true",
+                    help="train only the structure flow, on the frozen condition encoder's tokens (CPU-friendly)")
+    ap.add_argument("--flow-bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="bfloat16 autocast in the flow phase (sparse convolutions stay float32)")
     ap.add_argument("--export", default=None, help="write the TRELLIS-format model folder here at the end")
     train(ap.parse_args(argv))
 

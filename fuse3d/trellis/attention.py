@@ -13,9 +13,11 @@ Processor protocol::
 * ``q``: ``[b, Lq, heads, head_dim]``; ``k``, ``v``: ``[b, Lk, heads, head_dim]``; ``out`` like ``q``.
   Queries and keys are already projected (and RMS-normalised where the network does so).
 * ``batch``: the ``range`` of batch elements of the module's input that these ``b`` rows are. A sparse
-  input whose batch elements have different voxel counts is processed one element at a time.
-* ``mask``: optional ``[b, 1, Lq, Lk]`` bool (True = attend), used by windowed attention on padded
-  windows.
+  input whose batch elements have different voxel counts is processed one element at a time (the
+  default :class:`SDPAProcessor` instead gets one call on the batch padded to its longest element,
+  with padded keys masked out).
+* ``mask``: optional ``[b, 1, Lq, Lk]`` bool (True = attend; broadcastable), used on padded windows
+  and padded ragged batches.
 * The softmax scale is ``attn.scale`` (``1/sqrt(head_dim)``).
 """
 from __future__ import annotations
@@ -205,6 +207,8 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._project(rows, context)
             out = self.processor(self, q, k, v, batch=range(x.batch_size))
             return out.reshape(x.feats.shape[0], self.num_heads, self.head_dim)
+        if type(self.processor) is SDPAProcessor:
+            return self._forward_padded(x, context, layout)
         outs = []
         for b, sl in enumerate(layout):
             rows = x.feats[sl][None]
@@ -212,6 +216,19 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._project(rows, ctx)
             outs.append(self.processor(self, q, k, v, batch=range(b, b + 1))[0])
         return torch.cat(outs, dim=0)
+
+    def _forward_padded(self, x: SparseTensor, context: Optional[torch.Tensor], layout) -> torch.Tensor:
+        """Ragged batch under the fused default: pad every element to the longest, one masked call.
+
+        Padded query rows are dropped afterwards; padded keys are masked out of self-attention.
+        """
+        order, slot, valid = x.cache("padding", lambda: _padding(layout, x.device))
+        rows = x.feats.new_zeros(x.batch_size, valid.shape[1], x.feats.shape[1])
+        rows[order, slot] = x.feats
+        q, k, v = self._project(rows, context)
+        mask = valid[:, None, None, :] if self.attn_type == "self" else None
+        out = self.processor(self, q, k, v, batch=range(x.batch_size), mask=mask)
+        return out[order, slot]
 
     def _forward_windowed(self, x: SparseTensor) -> torch.Tensor:
         ws = self.window_size
@@ -237,6 +254,16 @@ class MultiHeadAttention(nn.Module):
         out = torch.empty_like(q)
         out[order] = out_w[window_id, slot]
         return out
+
+
+def _padding(layout, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(element, slot)`` of every row in a padded ``[B, max_len]`` layout, and its valid mask."""
+    lengths = torch.tensor([sl.stop - sl.start for sl in layout], device=device)
+    element = torch.repeat_interleave(torch.arange(len(layout), device=device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    slot = torch.arange(int(lengths.sum()), device=device) - starts[element]
+    valid = torch.arange(int(lengths.max()), device=device)[None, :] < lengths[:, None]
+    return element, slot, valid
 
 
 def iter_attention(root: nn.Module, prefix: str = "") -> Iterator[Tuple[str, MultiHeadAttention]]:

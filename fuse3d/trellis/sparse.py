@@ -312,6 +312,9 @@ class SparseConv3d(nn.Module):
             out = F.linear(feats, w.reshape(self.out_channels, self.in_channels), self.conv.bias)
             return x.replace(out)
         k3 = self.kernel_size**3
+        if torch.is_autocast_enabled(feats.device.type):  # the custom backward wants one dtype throughout
+            with torch.autocast(feats.device.type, enabled=False):
+                return self.forward(x.replace(feats.float()))
         nbr = x.cache(f"neighbours_{self.kernel_size}", lambda: neighbour_map(x.coords, self.kernel_size))
         gather = x.cache(f"gather_{self.kernel_size}", lambda: torch.where(nbr < 0, nbr.shape[0], nbr))
         weight = w.reshape(self.out_channels, k3 * self.in_channels)

@@ -1,0 +1,247 @@
+"""Score a model on held-out procedural objects, whose every voxel's part is known.
+
+    python -m fuse3d.train.evaluate [--model PATH] [--seeds 900000:900008] [--tune-seeds 910000:910004]
+                                    [--out docs/evaluation.json]
+
+Each seed gives a Fuse3D example (:func:`fuse3d.data.make_example_set`): a global image of an object
+and 2–3 local images that each restyle one part (new colour, sometimes a pattern) with a mask on it.
+Objects from these seeds are never trained on (training uses seeds from 100 000 up, a few thousand).
+
+1. **Structure from one image** — the structure sampled from the global image alone, against the
+   object's true 64³ surface voxels: IoU, and the F-score at one voxel of tolerance (a voxel counts
+   as matched when a true/predicted voxel lies within one voxel, Chebyshev). **Colour** — TRELLIS
+   alone (global image only) on the *true* structure, so that colour is judged apart from shape: the
+   mean absolute RGB error of each part's voxels (the decoded Gaussians' mean colour per voxel),
+   averaged over parts.
+2. **Forward alignment** — on the true structure (every voxel has a true part, so alignment is judged
+   apart from shape): IoU of the aligned (refined) voxels of each local image with its true part, at
+   the default heads/threshold and at the setting the tuning notebook
+   (``notebooks/02_heads_and_thresholds``) would pick — its grid (each single head, the default heads,
+   all heads × thresholds 0.3–0.7), chosen by mean IoU on the separate ``--tune-seeds`` objects.
+3. **Fusion** — on the true structure: the colour error of each local image's part against that
+   image's colours (the restyled part, pattern included), with local attention enhancement (default
+   λ) and without (``enhancement=False``, λ = 1).
+
+Everything runs on the CPU in a few minutes for the small model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..assets.gaussians import Gaussians
+from ..conditions import Condition
+from ..data import make_example_set, voxelize
+from ..params import DEFAULT_HEADS, DEFAULT_THRESHOLD
+from .data import part_colors
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7)
+
+
+# ============================================================================ metrics
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two bool arrays (1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    union = int((pred | truth).sum())
+    return 1.0 if union == 0 else int((pred & truth).sum()) / union
+
+
+def voxel_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """IoU of two voxel sets given as integer coordinates ``[N, 3]`` and ``[M, 3]``."""
+    a = {tuple(v) for v in np.asarray(pred).tolist()}
+    b = {tuple(v) for v in np.asarray(truth).tolist()}
+    return len(a & b) / max(len(a | b), 1)
+
+
+def voxel_f_score(pred: np.ndarray, truth: np.ndarray, tolerance: float = 1.0) -> dict:
+    """Precision, recall and F-score of voxel sets, a voxel matching within ``tolerance`` (Chebyshev)."""
+    if len(pred) == 0 or len(truth) == 0:
+        return {"precision": 0.0, "recall": 0.0, "f_score": 0.0}
+    precision = float((cKDTree(truth).query(pred, p=np.inf)[0] <= tolerance).mean())
+    recall = float((cKDTree(pred).query(truth, p=np.inf)[0] <= tolerance).mean())
+    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return {"precision": precision, "recall": recall, "f_score": f}
+
+
+def alignment_table(run, truth: Sequence[np.ndarray], head_sets: Iterable[Sequence[int]],
+                    thresholds: Iterable[float], refine: bool = True) -> List[dict]:
+    """One row per (heads, threshold, local): IoU, precision and recall of the aligned voxels.
+
+    Computed from the cached capture (``run.retune``; no network runs).
+
+    Args:
+        truth: per local ``[N]`` bool, the structure voxels of the part it restyles.
+        head_sets: 0-based head lists to compare.
+        thresholds: forward-alignment thresholds.
+    """
+    rows = []
+    for heads in head_sets:
+        for thr in thresholds:
+            tuned = run.retune(heads=list(heads), threshold=float(thr), refine=refine)
+            for k, t in enumerate(truth):
+                pred = tuned.aligned_voxels(k, refined=True).numpy()
+                hit = int((pred & t).sum())
+                rows.append({"heads": tuple(int(h) for h in heads), "threshold": float(thr), "local": k,
+                             "iou": iou(pred, t), "precision": hit / max(int(pred.sum()), 1),
+                             "recall": hit / max(int(t.sum()), 1)})
+    return rows
+
+
+def mean_iou(rows: Sequence[dict]) -> dict:
+    """``(heads, threshold) → IoU`` averaged over rows (local images, objects)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((tuple(r["heads"]), r["threshold"]), []).append(r["iou"])
+    return {key: float(np.mean(v)) for key, v in groups.items()}
+
+
+def tuning_grid(num_heads: int) -> List[List[int]]:
+    """The head sets of the tuning notebook: each single head, the default heads, all heads."""
+    return [[h] for h in range(num_heads)] + [list(DEFAULT_HEADS), list(range(num_heads))]
+
+
+def voxel_rgb(gaussians: Gaussians, n_voxels: int) -> np.ndarray:
+    """``[N, 3]`` mean colour of each voxel's Gaussians (the decoder emits them voxel by voxel)."""
+    return gaussians.rgb.reshape(n_voxels, -1, 3).mean(1)
+
+
+def part_color_error(rgb: np.ndarray, target: np.ndarray, label: np.ndarray) -> float:
+    """Mean absolute RGB error per part (``label``), averaged over parts."""
+    errs = [np.abs(rgb[label == p] - target[label == p]).mean() for p in np.unique(label)]
+    return float(np.mean(errs))
+
+
+# ============================================================================ one example
+class _Example:
+    """A held-out example: its conditions and ground truth."""
+
+    def __init__(self, seed: int):
+        ex = make_example_set(seed)
+        self.seed, self.kind, self.ex = seed, ex["kind"], ex
+        self.spec = ex["spec"]
+        self.voxels = voxelize(self.spec)
+        self.coords = self.voxels.coords[:, 1:]
+        self.global_condition = Condition(ex["global"]["image"])
+        self.local_conditions = [Condition(loc["image"], loc["mask"]) for loc in ex["locals"]]
+        self.centres = (self.coords + 0.5) / 64 - 0.5
+
+    def truth(self) -> List[np.ndarray]:
+        """Per local: ``[N]`` bool, the true structure's voxels of the part it restyles."""
+        return [self.voxels.part == loc["part_index"] for loc in self.ex["locals"]]
+
+    def local_target(self, k: int) -> np.ndarray:
+        """``[N, 3]`` colours of local ``k``'s restyled object at the true voxels."""
+        return part_colors(self.ex["locals"][k]["spec"], self.centres)
+
+
+def _gaussians(pipe, slat) -> Gaussians:
+    dec = pipe.trellis.slat_decoder_gs
+    return Gaussians.from_decoder_output(dec, dec.decode_features(slat))
+
+
+@torch.no_grad()
+def evaluate_example(pipe, seed: int, seed_run: int = 0, **params) -> dict:
+    """All metrics of one held-out seed (see the module docstring); ``params``: Fuse3D parameters."""
+    ex = _Example(seed)
+    out: Dict[str, object] = {"seed": seed, "kind": ex.kind, "parts": [loc["part"] for loc in ex.ex["locals"]]}
+
+    # 1. structure from the global image alone (Fuse3D's structure is TRELLIS's)
+    sampled = pipe.run(ex.global_condition, ex.local_conditions, seed=seed_run, lazy=True, **params)
+    pred = sampled.structure[:, 1:].numpy()
+    out["structure"] = {"voxels": int(len(pred)), "true_voxels": int(len(ex.coords)),
+                        "iou": voxel_iou(pred, ex.coords), **voxel_f_score(pred, ex.coords)}
+
+    # colour of TRELLIS alone (global image), on the true structure
+    run = pipe.run(ex.global_condition, ex.local_conditions, seed=seed_run, structure=ex.voxels.coords, **params)
+    coords = run.structure
+    tokens = run.tokens(run.K)[None]
+    steps = {"steps": params["latent_steps"]} if params.get("latent_steps") else {}
+    slat = pipe.trellis.sample_latent(tokens, coords, seed=seed_run, progress=False, **steps)
+    rgb = voxel_rgb(_gaussians(pipe, slat), len(coords))
+    out["color_error"] = part_color_error(rgb, ex.voxels.color, ex.voxels.part)
+
+    # 2. forward alignment on the true structure
+    out["alignment"] = alignment_table(run, ex.truth(), tuning_grid(run.num_heads), THRESHOLDS)
+
+    # 3. fused part colour, with and without local attention enhancement
+    fusion = []
+    for enhanced in (True, False):
+        r = run if enhanced else run.retune(enhancement=False)
+        rgb = voxel_rgb(r.gaussians, len(coords))
+        for k, truth in enumerate(ex.truth()):
+            err = float(np.abs(rgb[truth] - ex.local_target(k)[truth]).mean())
+            fusion.append({"local": k, "enhancement": enhanced, "error": err})
+    out["fusion"] = fusion
+    return out
+
+
+# ============================================================================ whole evaluation
+def summarize(test: List[dict], tune: List[dict]) -> dict:
+    """Means over objects; the tuned alignment setting is chosen on ``tune`` and scored on ``test``."""
+    def mean(values) -> float:
+        return float(np.mean(list(values)))
+
+    tuned = mean_iou([r for e in tune for r in e["alignment"]])
+    best = max(tuned, key=tuned.get)
+    on_test = mean_iou([r for e in test for r in e["alignment"]])
+    default = (tuple(DEFAULT_HEADS), DEFAULT_THRESHOLD)
+    fused = {flag: mean(f["error"] for e in test for f in e["fusion"] if f["enhancement"] == flag) for flag in (True, False)}
+    return {
+        "objects": len(test),
+        "structure_iou": mean(e["structure"]["iou"] for e in test),
+        "structure_f_score_1voxel": mean(e["structure"]["f_score"] for e in test),
+        "structure_voxels_ratio": mean(e["structure"]["voxels"] / e["structure"]["true_voxels"] for e in test),
+        "part_color_error": mean(e["color_error"] for e in test),
+        "alignment_iou_default": on_test[default],
+        "alignment_default": {"heads": list(default[0]), "threshold": default[1]},
+        "alignment_iou_tuned": on_test[best],
+        "alignment_tuned": {"heads": list(best[0]), "threshold": best[1], "tune_iou": tuned[best]},
+        "alignment_iou_oracle": max(on_test.values()),
+        "fused_color_error_enhanced": fused[True],
+        "fused_color_error_plain": fused[False],
+        "fused_color_error_ratio": fused[True] / max(fused[False], 1e-9),
+    }
+
+
+def evaluate(pipe, seeds: Sequence[int], tune_seeds: Sequence[int], progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    per = {}
+    for name, group in (("test", seeds), ("tune", tune_seeds)):
+        per[name] = [evaluate_example(pipe, s) for s in tqdm(list(group), desc=f"Evaluating ({name})", disable=not progress)]
+    return {"model": pipe.model_name, "seconds": round(time.time() - t0, 1),
+            "summary": summarize(per["test"], per["tune"]), "test": per["test"], "tune": per["tune"]}
+
+
+def _seed_range(text: str) -> range:
+    start, stop = (int(v) for v in text.split(":"))
+    return range(start, stop)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from ..pipeline import Fuse3D
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model folder or Hugging Face repo id (default: the bundled model)")
+    ap.add_argument("--seeds", type=_seed_range, default=range(900000, 900008), help="test seeds START:STOP")
+    ap.add_argument("--tune-seeds", type=_seed_range, default=range(910000, 910004), help="tuning seeds START:STOP")
+    ap.add_argument("--out", default=None, help="write the full results here (JSON)")
+    args = ap.parse_args(argv)
+    pipe = Fuse3D.from_pretrained(args.model, progress=False)
+    result = evaluate(pipe, args.seeds, args.tune_seeds)
+    print(f"model: {result['model']}")
+    print(json.dumps(result["summary"], indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from fuse3d import Condition, Fuse3D
+from fuse3d.assets.gaussians import Gaussians
+from fuse3d.data import make_example_set, voxelize
+from fuse3d.train.evaluate import (THRESHOLDS, alignment_table, evaluate_example, mean_iou, part_color_error,
+                                   summarize, tuning_grid, voxel_f_score, voxel_iou, voxel_rgb)
+
+
+def cube(offset=0, n=4):
+    g = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    return g + offset
+
+
+def test_voxel_iou_and_tolerant_f_score():
+    a = cube()
+    assert voxel_iou(a, a) == 1.0
+    shifted = cube(offset=np.array([1, 0, 0]))
+    assert voxel_iou(a, shifted) == pytest.approx(48 / 80)
+    far = cube(offset=np.array([10, 0, 0]))
+    assert voxel_iou(a, far) == 0.0
+    f = voxel_f_score(a, cube(offset=np.array([1, 1, 1])))  # one voxel off diagonally: all within tolerance
+    assert f == {"precision": 1.0, "recall": 1.0, "f_score": 1.0}
+    assert voxel_f_score(a, far)["f_score"] == 0.0
+    half = voxel_f_score(a[:32], a)  # predicted half of the cube: precise; recall counts the tolerance
+    assert half["precision"] == 1.0 and 0.5 < half["recall"] < 1.0
+
+
+def test_part_color_error_averages_parts_not_voxels():
+    rgb = np.zeros((4, 3))
+    target = np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0], [0, 0, 0]], float)
+    label = np.array([0, 1, 1, 1])
+    assert part_color_error(rgb, target, label) == pytest.approx(0.5)  # (1 + 0) / 2, not 1/4
+
+
+def test_voxel_rgb_groups_gaussians_voxel_by_voxel():
+    sh = np.zeros((6, 3), np.float32)
+    sh[3:] = 1.0  # voxel 1's three Gaussians
+    g = Gaussians(np.zeros((6, 3)), np.ones((6, 3)), np.tile([1, 0, 0, 0], (6, 1)), np.ones(6), sh)
+    rgb = voxel_rgb(g, 2)
+    assert rgb.shape == (2, 3) and np.allclose(rgb[0], 0.5) and (rgb[1] > 0.5).all()
+
+
+def rows(iou_by_setting, locals_=2):
+    return [{"heads": h, "threshold": t, "local": k, "iou": v} for (h, t), v in iou_by_setting.items() for k in range(locals_)]
+
+
+def test_summary_scores_the_setting_chosen_on_the_tuning_objects():
+    default = ((0, 4, 12), 0.55)
+    tune_best, test_best = ((3,), 0.4), ((7,), 0.6)
+    example = {"structure": {"iou": 0.5, "f_score": 0.8, "voxels": 90, "true_voxels": 100}, "color_error": 0.1,
+               "fusion": [{"local": 0, "enhancement": True, "error": 0.1}, {"local": 0, "enhancement": False, "error": 0.4}]}
+    test = [dict(example, alignment=rows({default: 0.3, tune_best: 0.5, test_best: 0.9}))]
+    tune = [dict(example, alignment=rows({default: 0.3, tune_best: 0.8, test_best: 0.2}))]
+    s = summarize(test, tune)
+    assert s["alignment_iou_default"] == pytest.approx(0.3)
+    assert s["alignment_tuned"]["heads"] == [3] and s["alignment_iou_tuned"] == pytest.approx(0.5)
+    assert s["alignment_iou_oracle"] == pytest.approx(0.9)
+    assert s["fused_color_error_ratio"] == pytest.approx(0.25) and s["structure_voxels_ratio"] == pytest.approx(0.9)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+
+
+def test_alignment_table_scores_a_run_against_its_truth(pipe):
+    ex = make_example_set(900000)
+    run = pipe.run(Condition(ex["global"]["image"]), [Condition(loc["image"], loc["mask"]) for loc in ex["locals"]],
+                   structure=voxelize(ex["spec"]).coords, latent_steps=2)
+    truth = [run.aligned_voxels(k).numpy() for k in range(run.K)]  # the default setting's own output
+    table = alignment_table(run, truth, tuning_grid(run.num_heads)[-2:], [0.55, 0.9])
+    by = mean_iou(table)
+    assert by[(tuple(run.params.heads), 0.55)] == 1.0
+    assert len(table) == 2 * 2 * run.K and all(0 <= r["iou"] <= 1 for r in table)
+
+
+def test_evaluate_example_reports_every_metric(pipe):
+    e = evaluate_example(pipe, 900001, structure_steps=2, latent_steps=2)
+    k = len(e["parts"])
+    assert 0 <= e["structure"]["iou"] <= 1 and e["structure"]["true_voxels"] > 0
+    assert 0 <= e["color_error"] <= 1
+    assert len(e["alignment"]) == len(tuning_grid(pipe.trellis.slat_flow.num_heads)) * len(THRESHOLDS) * k
+    assert sorted((f["local"], f["enhancement"]) for f in e["fusion"]) == sorted(
+        (i, flag) for i in range(k) for flag in (False, True))
+    s = summarize([e], [e])
+    assert s["alignment_iou_tuned"] == s["alignment_iou_oracle"] >= s["alignment_iou_default"]
