@@ -50,13 +50,14 @@ def test_summary_scores_the_setting_chosen_on_the_tuning_objects():
     default = ((0, 4, 12), 0.55)
     tune_best, test_best = ((3,), 0.4), ((7,), 0.6)
     example = {"structure": {"iou": 0.5, "f_score": 0.8, "voxels": 90, "true_voxels": 100}, "color_error": 0.1,
+               "part_share": [0.2, 0.4],
                "fusion": [{"local": 0, "enhancement": True, "error": 0.1}, {"local": 0, "enhancement": False, "error": 0.4}]}
     test = [dict(example, alignment=rows({default: 0.3, tune_best: 0.5, test_best: 0.9}))]
     tune = [dict(example, alignment=rows({default: 0.3, tune_best: 0.8, test_best: 0.2}))]
     s = summarize(test, tune)
     assert s["alignment_iou_default"] == pytest.approx(0.3)
     assert s["alignment_tuned"]["heads"] == [3] and s["alignment_iou_tuned"] == pytest.approx(0.5)
-    assert s["alignment_iou_oracle"] == pytest.approx(0.9)
+    assert s["alignment_iou_oracle"] == pytest.approx(0.9) and s["alignment_iou_select_all"] == pytest.approx(0.3)
     assert s["fused_color_error_ratio"] == pytest.approx(0.25) and s["structure_voxels_ratio"] == pytest.approx(0.9)
 
 
@@ -81,6 +82,7 @@ def test_evaluate_example_reports_every_metric(pipe):
     k = len(e["parts"])
     assert 0 <= e["structure"]["iou"] <= 1 and e["structure"]["true_voxels"] > 0
     assert 0 <= e["color_error"] <= 1
+    assert len(e["part_share"]) == k and all(0 < v < 1 for v in e["part_share"])
     assert len(e["alignment"]) == len(tuning_grid(pipe.trellis.slat_flow.num_heads)) * len(THRESHOLDS) * k
     assert sorted((f["local"], f["enhancement"]) for f in e["fusion"]) == sorted(
         (i, flag) for i in range(k) for flag in (False, True))

@@ -18,6 +18,7 @@ Objects from these seeds are never trained on (training uses seeds from 100 000 
    the default heads/threshold and at the setting the tuning notebook
    (``notebooks/02_heads_and_thresholds``) would pick — its grid (each single head, the default heads,
    all heads × thresholds 0.3–0.7), chosen by mean IoU on the separate ``--tune-seeds`` objects.
+   For scale: selecting every voxel scores the part's share of the object (``alignment_iou_select_all``).
 3. **Fusion** — on the true structure: the colour error of each local image's part against that
    image's colours (the restyled part, pattern included), with local attention enhancement (default
    λ) and without (``enhancement=False``, λ = 1).
@@ -166,8 +167,9 @@ def evaluate_example(pipe, seed: int, seed_run: int = 0, **params) -> dict:
     rgb = voxel_rgb(_gaussians(pipe, slat), len(coords))
     out["color_error"] = part_color_error(rgb, ex.voxels.color, ex.voxels.part)
 
-    # 2. forward alignment on the true structure
+    # 2. forward alignment on the true structure; selecting every voxel scores the part's share
     out["alignment"] = alignment_table(run, ex.truth(), tuning_grid(run.num_heads), THRESHOLDS)
+    out["part_share"] = [float(t.mean()) for t in ex.truth()]
 
     # 3. fused part colour, with and without local attention enhancement
     fusion = []
@@ -203,6 +205,7 @@ def summarize(test: List[dict], tune: List[dict]) -> dict:
         "alignment_iou_tuned": on_test[best],
         "alignment_tuned": {"heads": list(best[0]), "threshold": best[1], "tune_iou": tuned[best]},
         "alignment_iou_oracle": max(on_test.values()),
+        "alignment_iou_select_all": mean(v for e in test for v in e["part_share"]),
         "fused_color_error_enhanced": fused[True],
         "fused_color_error_plain": fused[False],
         "fused_color_error_ratio": fused[True] / max(fused[False], 1e-9),
