@@ -287,7 +287,7 @@ def train_structure_flow(args, nets, ema, state: dict, data: List[ObjectSample],
     t0 = time.time()
     with torch.no_grad():
         x0 = torch.cat([nets["ss_encoder"](occupancy(data[i:i + 8], device)) for i in range(0, len(data), 8)])
-        tokens = torch.stack([torch.cat([encoder(torch.as_tensor(s.images, device=device).permute(0, 3, 1, 2).float() / 255)])
+        tokens = torch.stack([encoder(torch.as_tensor(s.images, device=device).permute(0, 3, 1, 2).float() / 255)
                               for s in data])  # [O, V, T, C]
     print(f"structure latents and tokens of {len(data)} objects in {time.time() - t0:.1f} s", flush=True)
     if state["steps"].get("structure", 0) == 0:
@@ -367,8 +367,9 @@ def train(args) -> None:
     def run_phase(phase: str, names, batch_size: int, losses_of, keep_going) -> None:
         """Optimise ``names`` on ``losses_of(object indices)`` while ``keep_going()``; log, checkpoint.
 
-        Float32 with TF32 matmuls (the models are small, and half-precision atomics in the sparse
-        convolutions' backward passes are slow); gradients clipped per network.
+        Parameters and optimiser in float32 (TF32 matmuls); ``losses_of`` may autocast (the flow
+        phase does, to bf16). Gradients are clipped per network, so that no network's large
+        gradients set the step size of another's.
         """
         groups = [list(nets[n].parameters()) for n in names]
         opt = torch.optim.AdamW([p for g in groups for p in g], lr=args.lr, weight_decay=0.0)
