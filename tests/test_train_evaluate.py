@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -5,7 +7,7 @@ from fuse3d import Condition, Fuse3D
 from fuse3d.assets.gaussians import Gaussians
 from fuse3d.data import make_example_set, voxelize
 from fuse3d.train.evaluate import (THRESHOLDS, alignment_table, evaluate_example, mean_iou, part_color_error,
-                                   summarize, tuning_grid, voxel_f_score, voxel_iou, voxel_rgb)
+                                   summarize, tuning_grid, voxel_f_score, voxel_iou, voxel_rgb, write_result)
 
 
 def cube(offset=0, n=4):
@@ -88,3 +90,12 @@ def test_evaluate_example_reports_every_metric(pipe):
         (i, flag) for i in range(k) for flag in (False, True))
     s = summarize([e], [e])
     assert s["alignment_iou_tuned"] == s["alignment_iou_oracle"] >= s["alignment_iou_default"]
+
+
+def test_write_result_is_json_that_reads_back(tmp_path):
+    result = {"model": "m", "seconds": 1.0, "summary": {"objects": 1, "alignment_tuned": {"heads": [3]}},
+              "test": [{"seed": 1, "alignment": [{"heads": [0], "iou": 0.5}]}], "tune": []}
+    write_result(result, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text) == result
+    assert '{"seed": 1, "alignment": [{"heads": [0], "iou": 0.5}]}' in text  # one line per object

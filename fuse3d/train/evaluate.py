@@ -223,6 +223,17 @@ def evaluate(pipe, seeds: Sequence[int], tune_seeds: Sequence[int], progress: bo
             "summary": summarize(per["test"], per["tune"]), "test": per["test"], "tune": per["tune"]}
 
 
+def write_result(result: dict, path) -> None:
+    """The result as JSON: the summary indented, each object's metrics on one line."""
+    head = {k: v for k, v in result.items() if k not in ("test", "tune")}
+    text = json.dumps(head, indent=1)[:-2]
+    for name in ("test", "tune"):
+        rows = ",\n  ".join(json.dumps(e) for e in result[name])
+        text += f',\n "{name}": [\n  {rows}\n ]'
+    with open(path, "w") as f:
+        f.write(text + "\n}\n")
+
+
 def _seed_range(text: str) -> range:
     start, stop = (int(v) for v in text.split(":"))
     return range(start, stop)
@@ -242,8 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"model: {result['model']}")
     print(json.dumps(result["summary"], indent=2))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_result(result, args.out)
 
 
 if __name__ == "__main__":
