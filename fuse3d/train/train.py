@@ -207,15 +207,27 @@ class FlowData:
         return torch.stack([self.ss[i] for i in idx]), slat, img.permute(0, 3, 1, 2).float() / 255.0
 
 
+def condition_dropout(cond: torch.Tensor, p: float = 0.1) -> torch.Tensor:
+    """Zero the tokens of a share ``p`` of the batch (the unconditional branch of CFG)."""
+    return cond * (torch.rand(cond.shape[0], 1, 1, device=cond.device) > p).float()
+
+
+def sample_times(b: int, device) -> torch.Tensor:
+    """Logit-normal flow times ``[b]`` in (0, 1)."""
+    return torch.sigmoid(torch.randn(b, device=device))
+
+
+def structure_flow_loss(flow, x0: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Rectified-flow loss of the structure flow on latents ``x0 [B, 8, 16, 16, 16]`` at times ``t [B]``."""
+    xt, v = flow_target(x0, t.view(-1, 1, 1, 1, 1), torch.randn_like(x0))
+    return F.mse_loss(flow(xt, 1000 * t, cond), v)
+
+
 def flow_losses(nets, data: FlowData, idx: np.ndarray, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
     x0_ss, x0_slat, img = data.batch(idx, rng)
-    b, device = len(idx), x0_ss.device
-    cond = nets["encoder"](img)
-    keep = (torch.rand(b, 1, 1, device=device) > 0.1).float()  # 10 % unconditional, for CFG
-    cond = cond * keep
-    t = torch.sigmoid(torch.randn(b, device=device))  # logit-normal times
-    xt, v = flow_target(x0_ss, t.view(b, 1, 1, 1, 1), torch.randn_like(x0_ss))
-    ss = F.mse_loss(nets["ss_flow"](xt, 1000 * t, cond), v)
+    cond = condition_dropout(nets["encoder"](img))
+    t = sample_times(len(idx), x0_ss.device)
+    ss = structure_flow_loss(nets["ss_flow"], x0_ss, t, cond)
     tv = t[x0_slat.batch_index][:, None]
     xt, v = flow_target(x0_slat.feats, tv, torch.randn_like(x0_slat.feats))
     slat = F.mse_loss(nets["slat_flow"](x0_slat.replace(xt), 1000 * t, cond).feats, v)
@@ -299,14 +311,10 @@ def train_structure_flow(args, nets, ema, state: dict, data: List[ObjectSample],
     while time.time() < deadline:
         idx = torch.as_tensor(rng.integers(len(data), size=args.flow_batch))
         view = torch.as_tensor(rng.integers(tokens.shape[1], size=len(idx)))
-        b = len(idx)
-        cond = tokens[idx, view] * (torch.rand(b, 1, 1, device=device) > 0.1).float()
-        t = torch.sigmoid(torch.randn(b, device=device))
-        xt, v = flow_target(x0[idx], t.view(b, 1, 1, 1, 1), torch.randn_like(x0[idx]))
         for g in opt.param_groups:
             g["lr"] = lr_at(local, (time.time() - start) / budget, args.lr, warmup=100)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=args.flow_bf16):
-            loss = F.mse_loss(flow(xt, 1000 * t, cond).float(), v)
+            loss = structure_flow_loss(flow, x0[idx], sample_times(len(idx), device), condition_dropout(tokens[idx, view]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
@@ -344,12 +352,18 @@ def train(args) -> None:
     seeds = list(range(args.seed_base, args.seed_base + args.objects))
     data = cached_objects(seeds, args.data_cache, workers=args.workers, views=args.views)
     print(f"{len(data)} objects ready in {time.time() - start:.1f} s", flush=True)
-    if args.structure_only:
+    def freeze_autoencoders() -> None:
         for n in VAE_NETS:
             nets[n].eval().requires_grad_(False)
+
+    def rescale() -> None:
+        state["structure_latent_scale"] = rescale_structure_latent(nets, data[:256], dev)
+        print("structure latent rescaled by", state["structure_latent_scale"], flush=True)
+
+    if args.structure_only:
+        freeze_autoencoders()
         if "structure_latent_scale" not in state:
-            state["structure_latent_scale"] = rescale_structure_latent(nets, data[:256], dev)
-            print("structure latent rescaled by", state["structure_latent_scale"], flush=True)
+            rescale()
         train_structure_flow(args, nets, ema, state, data, dev, deadline=start + args.minutes * 60)
         save_checkpoint(nets, ema, state, ckpt)
         print(f"saved {ckpt}: {state['steps']}", flush=True)
@@ -409,8 +423,7 @@ def train(args) -> None:
 
     # ---------------------------------------------------------------- normalisation of the latents
     if state["seconds"]["vae"] >= phase_budget["vae"] and state["slat_normalization"] is None:
-        state["structure_latent_scale"] = rescale_structure_latent(nets, data[:256], dev)
-        print("structure latent rescaled by", state["structure_latent_scale"], flush=True)
+        rescale()
         with torch.no_grad():
             feats = []
             for i in range(0, min(len(data), 256), 16):
@@ -423,8 +436,7 @@ def train(args) -> None:
 
     # ---------------------------------------------------------------- phase 2: flows
     if state["slat_normalization"] is not None and chunk_left():
-        for n in VAE_NETS:
-            nets[n].eval().requires_grad_(False)
+        freeze_autoencoders()
         norm = [torch.tensor(state["slat_normalization"][k], device=dev) for k in ("mean", "std")]
         t0 = time.time()
         flow_data = FlowData(nets, data, norm, dev)
