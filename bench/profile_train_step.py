@@ -1,6 +1,6 @@
 """Profile one training step of each phase of the small model (``fuse3d.train``) on the GPU.
 
-    python bench/profile_train_step.py [--objects 48] [--flow-batch 24] [--rows 25]
+    python bench/profile_train_step.py [--objects 48] [--flow-batch 24] [--ss-batch 96] [--rows 25]
 
 Prints the wall time per step and the operators that take the most device and host time, to find
 what bounds a step (kernels, launches, host synchronisations).
@@ -31,6 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, default=48)
     ap.add_argument("--flow-batch", type=int, default=24)
+    ap.add_argument("--ss-batch", type=int, default=96)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="autocast as training does")
     ap.add_argument("--vae-batch", type=int, default=4)
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--workers", type=int, default=15)
@@ -52,8 +54,10 @@ def main() -> None:
         sum(T.vae_losses(nets, [data[i] for i in idx], dev).values()).backward()
 
     def flow_step():
-        idx = rng.integers(len(data), size=args.flow_batch)
-        sum(T.flow_losses(nets, flow_data, idx, rng).values()).backward()
+        idx = rng.integers(len(data), size=max(args.flow_batch, args.ss_batch))
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=args.bf16):
+            losses = T.flow_losses(nets, flow_data, idx, rng, n_slat=args.flow_batch)
+        sum(losses.values()).backward()
 
     for name, fn in (("vae", vae_step), ("flow", flow_step)):
         step_time(fn, 3)

@@ -88,16 +88,54 @@ def test_flow_losses_train_every_flow_network(small, objects, bf16):
             randomize_(nets[name], torch.Generator().manual_seed(1), gain=0.5)
     norm = [torch.zeros(8), torch.ones(8)]
     data = T.FlowData(nets, objects, norm, "cpu")
-    x0_ss, x0_slat, img = data.batch(np.array([2, 0]), np.random.default_rng(0))
-    assert x0_ss.shape == (2, 8, 16, 16, 16) and img.shape == (2, 3, 518, 518)
+    x0_ss, occ16, img, x0_slat = data.batch(np.array([2, 0, 1]), np.random.default_rng(0), n_slat=2)
+    assert x0_ss.shape == (3, 8, 16, 16, 16) and img.shape == (3, 3, 518, 518)
+    assert occ16.shape == (3, 1, 16, 16, 16) and set(occ16.unique().tolist()) == {0.0, 1.0}
     assert x0_slat.batch_size == 2 and len(x0_slat.feats) == len(objects[2].coords) + len(objects[0].coords)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        losses = T.flow_losses(nets, data, np.array([0, 1]), np.random.default_rng(0))
-    assert set(losses) == {"ss_flow", "slat_flow"} and all(torch.isfinite(v) for v in losses.values())
+        losses = T.flow_losses(nets, data, np.array([0, 1, 2]), np.random.default_rng(0), n_slat=1)
+    assert set(losses) == {"ss_flow", "slat_flow", "probe"} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    for name in T.FLOW_NETS:
+    for name in T.FLOW_NETS + ("probe",):
         grads = [p.grad for p in nets[name].parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_coarse_occupancy_marks_every_cell_with_a_voxel(objects):
+    occ = T.occupancy(objects[:1], "cpu")
+    coarse = T.coarse_occupancy(occ)
+    cells = {tuple(c) for c in (objects[0].coords // 4).tolist()}
+    assert coarse.shape == (1, 1, 16, 16, 16) and int(coarse.sum()) == len(cells)
+    assert all(coarse[0, 0][c] == 1 for c in cells)
+
+
+def test_structure_probe_learns_an_object_from_its_tokens(small, objects):
+    nets = small
+    probe, encoder = nets["probe"], nets["encoder"]
+    img = T.images(objects[:1], np.random.default_rng(0), "cpu")
+    target = T.coarse_occupancy(T.occupancy(objects[:1], "cpu"))
+    logits = probe(encoder(img))
+    assert logits.shape == (1, 1, 16, 16, 16)
+    opt = torch.optim.Adam([*probe.parameters(), *encoder.parameters()], lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss = T.probe_loss(probe, encoder(img), target)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_probe_output_channel_is_an_offset_inside_every_2x2x2_patch(small):
+    """Output channel k of every query lands at offset (k // 4, k // 2 % 2, k % 2) of its 2³ patch."""
+    probe = small["probe"]
+    with torch.no_grad():
+        probe.out.weight.zero_()
+        probe.out.bias.zero_()
+        probe.out.bias[5] = 1.0  # inside each patch: offset (1, 0, 1)
+        out = probe(torch.zeros(1, 4, T.ENCODER["embed_dim"]))[0, 0]
+    assert out.sum() == 512 and out[1::2, 0::2, 1::2].sum() == 512
 
 
 def test_ema_update_moves_towards_the_network(small):
@@ -122,7 +160,7 @@ def test_lr_warms_up_then_decays_to_a_tenth():
 def test_chunks_resume_and_export_a_loadable_model(small, tmp_path):
     work = tmp_path / "work"
     common = ["--work", str(work), "--objects", "2", "--views", "1", "--workers", "1", "--vae-batch", "1",
-              "--flow-batch", "2", "--total-minutes", "0.05", "--data-cache", str(tmp_path / "data")]
+              "--flow-batch", "2", "--ss-batch", "2", "--probe-batch", "2", "--total-minutes", "0.05", "--data-cache", str(tmp_path / "data")]
     T.main(common + ["--minutes", "0.12"])
     first = json.loads((work / "ckpt" / "state.json").read_text())
     assert first["steps"]["vae"] > 0 and first["slat_normalization"] is not None

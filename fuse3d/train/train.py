@@ -10,12 +10,14 @@ learning rate up again) and resume from it, in two phases that split ``--total-m
 1. **autoencoders** (the first ``--vae-share``): the sparse-structure VAE on 64³ surface occupancy
    (BCE + soft Dice); the structured-latent encoder on per-voxel colour + normal with two decoders:
    Gaussians (colour, scale, opacity) and the mesh decoder (exact signed distances and colours at the
-   cube corners of the 4× finer voxels, from the procedural shapes).
-2. **flows** (the rest): the structure flow and the latent flow with rectified-flow losses on the
-   frozen autoencoders' latents (computed once per chunk), conditioned on the tokens of a small
-   DINOv2-architecture encoder trained jointly from scratch (10 % of conditions dropped to zeros, for
-   classifier-free guidance). An exponential moving average of these three networks is what gets
-   exported.
+   cube corners of the 4× finer voxels, from the procedural shapes). Meanwhile a small
+   DINOv2-architecture condition encoder is pre-trained from scratch through a training-only
+   :class:`StructureProbe` that reads the coarse 16³ occupancy off its tokens.
+2. **flows** (the rest): the structure flow and the latent flow with rectified-flow losses (logit-normal
+   times of mean 1, as TRELLIS trains) on the frozen autoencoders' latents (computed once per chunk),
+   conditioned on the encoder's tokens, which keep training jointly (10 % of conditions dropped to
+   zeros, for classifier-free guidance; the probe stays on as an auxiliary loss). An exponential
+   moving average of the two flows and the encoder is what gets exported.
 
 Each phase's learning rate decays on a cosine over its planned time; gradients are clipped per network.
 ``--minutes 0 --export DIR`` writes the TRELLIS-format model folder (fp16 blocks) from the checkpoint.
@@ -72,8 +74,35 @@ NETWORKS: Dict[str, tuple] = {  # name: (pipeline.json key or None for training-
 }
 ENCODER = dict(arch="vit_small_patch14_reg4_dinov2", img_size=518, embed_dim=WIDTH, depth=4, num_heads=4)
 VAE_NETS = ("ss_encoder", "ss_decoder", "slat_encoder", "slat_decoder_gs", "slat_decoder_mesh")
-FLOW_NETS = ("ss_flow", "slat_flow", "encoder")
-CKPT_GROUPS = {"vae": VAE_NETS, "ss_flow": ("ss_flow", "encoder"), "slat_flow": ("slat_flow",)}
+FLOW_NETS = ("ss_flow", "slat_flow", "encoder")  # exported as their EMA
+CKPT_GROUPS = {"vae": VAE_NETS, "ss_flow": ("ss_flow", "encoder", "probe"), "slat_flow": ("slat_flow",)}
+PROBE_FLOW_WEIGHT = 0.2  # the structure probe's share of the flow phase's loss
+
+
+class StructureProbe(torch.nn.Module):
+    """Training-only head that reads the coarse 16³ occupancy straight off the condition tokens.
+
+    A from-scratch condition encoder learns shape slowly when its only signal comes through the
+    structure flow's cross-attention. This probe gives it direct 3D supervision from the first step —
+    during the autoencoder phase, while the flows cannot train yet, and as an auxiliary loss after.
+    One learned query per 2³ patch of the 16³ grid (as the structure flow patches its latent)
+    cross-attends to the tokens through a small transformer decoder. Never exported.
+    """
+
+    def __init__(self, width: int, heads: int = 4, layers: int = 2, resolution: int = 16, patch: int = 2):
+        super().__init__()
+        self.resolution, self.patch = resolution, patch
+        self.queries = torch.nn.Parameter(0.02 * torch.randn((resolution // patch) ** 3, width))
+        layer = torch.nn.TransformerDecoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.decoder = torch.nn.TransformerDecoder(layer, layers)
+        self.out = torch.nn.Linear(width, patch ** 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Occupancy logits ``[B, 1, 16, 16, 16]`` of condition tokens ``[B, T, C]``."""
+        b, g, p = tokens.shape[0], self.resolution // self.patch, self.patch
+        y = self.out(self.decoder(self.queries.expand(b, -1, -1), tokens))  # [B, g³, p³]
+        y = y.view(b, g, g, g, p, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return y.reshape(b, 1, self.resolution, self.resolution, self.resolution)
 
 
 def build_networks(device) -> Dict[str, torch.nn.Module]:
@@ -83,6 +112,7 @@ def build_networks(device) -> Dict[str, torch.nn.Module]:
             nets[name] = build(cls, **{**args, "use_fp16": False}).train()
     with torch.device(device):
         nets["encoder"] = DinoV2Encoder(**ENCODER).train()
+        nets["probe"] = StructureProbe(ENCODER["embed_dim"]).train()
     return nets
 
 
@@ -93,6 +123,11 @@ def occupancy(samples: List[ObjectSample], device) -> torch.Tensor:
         c = torch.as_tensor(s.coords, device=device).long()
         occ[b, 0, c[:, 0], c[:, 1], c[:, 2]] = 1
     return occ
+
+
+def coarse_occupancy(occ: torch.Tensor) -> torch.Tensor:
+    """64³ occupancy ``[B, 1, 64, 64, 64]`` → 16³ (a cell is occupied if any of its 4³ voxels is)."""
+    return F.max_pool3d(occ, 4)
 
 
 def sparse_batch(samples: List[ObjectSample], feats: List[np.ndarray], device) -> SparseTensor:
@@ -110,13 +145,24 @@ def images(samples: List[ObjectSample], rng: np.random.Generator, device) -> tor
 
 
 # ============================================================================ losses
+def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``1 − soft Dice`` between ``sigmoid(logits)`` and a 0/1 ``target [B, ...]``."""
+    prob, dims = torch.sigmoid(logits), tuple(range(1, target.dim()))
+    return (1 - (2 * (prob * target).sum(dims) + 1) / ((prob + target).sum(dims) + 1)).mean()
+
+
+def probe_loss(probe: StructureProbe, tokens: torch.Tensor, occ16: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice of the structure probe's 16³ occupancy from condition tokens."""
+    logits = probe(tokens).float()
+    return F.binary_cross_entropy_with_logits(logits, occ16) + soft_dice(logits, occ16)
+
+
 def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Tensor]:
     occ = occupancy(samples, device)
     z, mean, logvar = nets["ss_encoder"](occ, sample_posterior=True, return_raw=True)
     logits = nets["ss_decoder"](z)
     ss_bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=torch.tensor(2.0, device=device))
-    prob = torch.sigmoid(logits)
-    ss_dice = 1 - (2 * (prob * occ).sum((1, 2, 3, 4)) + 1) / ((prob + occ).sum((1, 2, 3, 4)) + 1)
+    ss_dice = soft_dice(logits, occ)
     ss_kl = 0.5 * (mean**2 + logvar.exp() - logvar - 1).mean()
 
     x = sparse_batch(samples, [np.concatenate([s.color, s.normal], 1) for s in samples], device)
@@ -145,7 +191,7 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     mesh_color = F.mse_loss(mesh.field(mout, "color")[rows][..., :3], torch.as_tensor(first.corner_color, device=device))
     # colour is weighted up: with equal weights the shared encoder spends its latent on the mesh
     # decoder's sub-voxel geometry and colour collapses to one direction of RGB
-    return {"ss_bce": ss_bce, "ss_dice": ss_dice.mean(), "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl,
+    return {"ss_bce": ss_bce, "ss_dice": ss_dice, "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl,
             "gs_color": 10 * gs_color, "gs_scale": 0.01 * gs_scale, "gs_opacity": 0.1 * gs_opacity,
             "mesh_sdf": mesh_sdf, "mesh_color": 10 * mesh_color}
 
@@ -184,27 +230,32 @@ class FlowData:
     and the condition images (uint8)."""
 
     def __init__(self, nets, samples: List[ObjectSample], norm, device, chunk: int = 16):
-        self.ss, self.slat, self.coords = [], [], []
+        self.ss, self.slat, self.coords, occ16 = [], [], [], []
         with torch.no_grad():
             for i in range(0, len(samples), chunk):
                 part = samples[i:i + chunk]
-                self.ss.extend(nets["ss_encoder"](occupancy(part, device)).unbind(0))
+                occ = occupancy(part, device)
+                occ16.append(coarse_occupancy(occ).bool())
+                self.ss.extend(nets["ss_encoder"](occ).unbind(0))
                 x = sparse_batch(part, [np.concatenate([s.color, s.normal], 1) for s in part], device)
                 z = (nets["slat_encoder"](x, sample_posterior=False).feats - norm[0]) / norm[1]
                 self.slat.extend(z[sl] for sl in x.layout)
                 self.coords.extend(x.coords[sl, 1:] for sl in x.layout)
+        self.occ16 = torch.cat(occ16)  # [O, 1, 16, 16, 16]
         self.images = torch.as_tensor(np.stack([s.images for s in samples]), device=device)  # [O, V, H, W, 3]
 
     def __len__(self) -> int:
         return len(self.ss)
 
-    def batch(self, idx: np.ndarray, rng: np.random.Generator):
-        """``(x0_ss [B, 8, 16, 16, 16], x0_slat SparseTensor, images [B, 3, 518, 518])`` of objects ``idx``."""
-        coords = torch.cat([F.pad(self.coords[i], (1, 0), value=b) for b, i in enumerate(idx)])
-        slat = SparseTensor(torch.cat([self.slat[i] for i in idx]), coords, len(idx))
+    def batch(self, idx: np.ndarray, rng: np.random.Generator, n_slat: int):
+        """Objects ``idx``: ``(x0_ss [B, 8, 16, 16, 16], occ16 [B, 1, 16, 16, 16], images [B, 3, 518, 518],
+        x0_slat)``; the structured latents (a SparseTensor) only of the first ``n_slat`` objects."""
+        coords = torch.cat([F.pad(self.coords[i], (1, 0), value=b) for b, i in enumerate(idx[:n_slat])])
+        slat = SparseTensor(torch.cat([self.slat[i] for i in idx[:n_slat]]), coords, len(idx[:n_slat]))
+        rows = torch.as_tensor(idx, device=self.images.device)
         views = torch.as_tensor(rng.integers(self.images.shape[1], size=len(idx)), device=self.images.device)
-        img = self.images[torch.as_tensor(idx, device=self.images.device), views]
-        return torch.stack([self.ss[i] for i in idx]), slat, img.permute(0, 3, 1, 2).float() / 255.0
+        img = self.images[rows, views].permute(0, 3, 1, 2).float() / 255.0
+        return torch.stack([self.ss[i] for i in idx]), self.occ16[rows].float(), img, slat
 
 
 def condition_dropout(cond: torch.Tensor, p: float = 0.1) -> torch.Tensor:
@@ -212,9 +263,10 @@ def condition_dropout(cond: torch.Tensor, p: float = 0.1) -> torch.Tensor:
     return cond * (torch.rand(cond.shape[0], 1, 1, device=cond.device) > p).float()
 
 
-def sample_times(b: int, device) -> torch.Tensor:
-    """Logit-normal flow times ``[b]`` in (0, 1)."""
-    return torch.sigmoid(torch.randn(b, device=device))
+def sample_times(b: int, device, mean: float = 1.0) -> torch.Tensor:
+    """Logit-normal flow times ``[b]`` in (0, 1); mean 1 (TRELLIS's flow training setting) puts most
+    of them at high noise, where the condition decides the coarse shape."""
+    return torch.sigmoid(mean + torch.randn(b, device=device))
 
 
 def structure_flow_loss(flow, x0: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -223,15 +275,18 @@ def structure_flow_loss(flow, x0: torch.Tensor, t: torch.Tensor, cond: torch.Ten
     return F.mse_loss(flow(xt, 1000 * t, cond), v)
 
 
-def flow_losses(nets, data: FlowData, idx: np.ndarray, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
-    x0_ss, x0_slat, img = data.batch(idx, rng)
-    cond = condition_dropout(nets["encoder"](img))
+def flow_losses(nets, data: FlowData, idx: np.ndarray, rng: np.random.Generator, n_slat: int) -> Dict[str, torch.Tensor]:
+    """Structure flow (and structure probe) on all objects ``idx``; the latent flow, whose sparse
+    attention dominates a step, on the first ``n_slat``."""
+    x0_ss, occ16, img, x0_slat = data.batch(idx, rng, n_slat)
+    tokens = nets["encoder"](img)
+    cond = condition_dropout(tokens)
     t = sample_times(len(idx), x0_ss.device)
     ss = structure_flow_loss(nets["ss_flow"], x0_ss, t, cond)
     tv = t[x0_slat.batch_index][:, None]
     xt, v = flow_target(x0_slat.feats, tv, torch.randn_like(x0_slat.feats))
-    slat = F.mse_loss(nets["slat_flow"](x0_slat.replace(xt), 1000 * t, cond).feats, v)
-    return {"ss_flow": ss, "slat_flow": slat}
+    slat = F.mse_loss(nets["slat_flow"](x0_slat.replace(xt), 1000 * t[:n_slat], cond[:n_slat]).feats, v)
+    return {"ss_flow": ss, "slat_flow": slat, "probe": PROBE_FLOW_WEIGHT * probe_loss(nets["probe"], tokens, occ16)}
 
 
 # ============================================================================ checkpoints
@@ -414,9 +469,21 @@ def train(args) -> None:
                 save_checkpoint(nets, ema, state, ckpt)
                 saver["last"] = time.time()
 
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=args.flow_bf16)
+
     # ---------------------------------------------------------------- phase 1: autoencoders
+    def vae_phase_losses(idx):
+        """The autoencoders on the first ``--vae-batch`` objects; meanwhile the condition encoder
+        learns coarse shape through the structure probe on all ``--probe-batch``."""
+        samples = [data[i] for i in idx]
+        losses = vae_losses(nets, samples[:args.vae_batch], dev)
+        with autocast:
+            tokens = nets["encoder"](images(samples, rng, dev))
+            losses["probe"] = probe_loss(nets["probe"], tokens, coarse_occupancy(occupancy(samples, dev)))
+        return losses
+
     vae_steps = state["steps"]["vae"]
-    run_phase("vae", VAE_NETS, args.vae_batch, lambda idx: vae_losses(nets, [data[i] for i in idx], dev),
+    run_phase("vae", VAE_NETS + ("encoder", "probe"), max(args.vae_batch, args.probe_batch), vae_phase_losses,
               lambda: state["seconds"]["vae"] < phase_budget["vae"] and chunk_left())
     if state["steps"]["vae"] != vae_steps:
         state["slat_normalization"] = None  # the latents changed (a longer autoencoder phase on resume)
@@ -441,13 +508,12 @@ def train(args) -> None:
         t0 = time.time()
         flow_data = FlowData(nets, data, norm, dev)
         print(f"latents of {len(flow_data)} objects in {time.time() - t0:.1f} s", flush=True)
-        autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=args.flow_bf16)
 
         def losses_of(idx):
             with autocast:  # mostly for the attention kernels, which dominate a float32 flow step
-                return flow_losses(nets, flow_data, idx, rng)
+                return flow_losses(nets, flow_data, idx, rng, n_slat=args.flow_batch)
 
-        run_phase("flow", FLOW_NETS, args.flow_batch, losses_of, chunk_left)
+        run_phase("flow", FLOW_NETS + ("probe",), max(args.flow_batch, args.ss_batch), losses_of, chunk_left)
     save_checkpoint(nets, ema, state, ckpt)
     print(f"saved {ckpt}: {state['steps']}, seconds {state['seconds']}", flush=True)
     if args.export and state["slat_normalization"] is not None:
@@ -468,12 +534,16 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--data-cache", default=None, help="folder to keep the built objects in between chunks")
     ap.add_argument("--vae-batch", type=int, default=4)
-    ap.add_argument("--flow-batch", type=int, default=24)
+    ap.add_argument("--flow-batch", type=int, default=24, help="latent-flow batch")
+    ap.add_argument("--ss-batch", type=int, default=96,
+                    help="structure-flow batch (its steps are cheap next to the latent flow's)")
+    ap.add_argument("--probe-batch", type=int, default=32,
+                    help="condition images per autoencoder step for the structure probe (encoder pre-training)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--structure-only", action="store_true",
                     help="train only the structure flow, on the frozen condition encoder's tokens (CPU-friendly)")
     ap.add_argument("--flow-bf16", action=argparse.BooleanOptionalAction, default=True,
-                    help="bfloat16 autocast in the flow phase (sparse convolutions stay float32)")
+                    help="bfloat16 autocast for the condition encoder and the flows (sparse convolutions stay float32)")
     ap.add_argument("--export", default=None, help="write the TRELLIS-format model folder here at the end")
     train(ap.parse_args(argv))
 
