@@ -15,6 +15,7 @@ from pathlib import Path
 
 BUNDLED = Path(__file__).parent / "weights"
 TINY_DIR_NAME = "fuse3d-tiny-random-v1"
+SMALL_MODEL_NAME = "fuse3d-small"  # the trained small model (``python -m fuse3d.train.train``)
 
 
 def fuse3d_home() -> Path:

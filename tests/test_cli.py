@@ -15,9 +15,9 @@ def test_demo_runs_on_the_bundled_model_and_says_so(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fuse3d.cli", "demo", "--out", str(out), "--quiet", "--device", "cpu"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "model: fuse3d-tiny-random" in proc.stdout
+    assert "model: fuse3d-small" in proc.stdout and "procedural" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "fuse3d-tiny-random" and "meaningless" in summary["model_description"]
+    assert summary["model"] == "fuse3d-small" and "rough" in summary["model_description"]
     assert (out / "asset.glb").stat().st_size > 0 and (out / "asset.ply").stat().st_size > 0
     assert len(summary["aligned_cells"]) == 2 and len(summary["lambdas"]) == 3
 

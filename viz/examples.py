@@ -2,9 +2,9 @@
 that part's voxels, and its mask in the global image — to check alignment against the truth.
 
 The examples are procedural objects (:mod:`fuse3d.data`), so their true 64³ part voxels are known
-exactly. On the bundled random-weight model a sampled structure is noise; :func:`demo_structure`
-then gives the example's own voxels (a user structure, as in the paper's Fig. 10) so that views
-stay readable.
+exactly. On fuse3d's own models a sampled structure is noise (random weights) or rough (the small
+trained model); :func:`demo_structure` then gives the example's own voxels (a user structure, as in
+the paper's Fig. 10) so that views stay readable.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fuse3d.method.fusion import patch_grid_mask
 from fuse3d.models import fuse3d_home
 from fuse3d.spec import RunSpec, example_spec, load_spec
 
-from .style import is_random_model
+from .style import is_toy_model
 
 
 @dataclass
@@ -103,8 +103,9 @@ def load_example(name: str = "chair") -> Example:
 
 def demo_structure(pipe, example: Example) -> Optional[torch.Tensor]:
     """The structure the notebooks use: ``None`` (sample it from the global image) with real
-    weights; the example's true voxels on a random-weight model, whose sampled structures are noise."""
-    return example.structure if is_random_model(pipe) else None
+    weights; the example's true voxels on fuse3d's own models, whose sampled structures are noise
+    (random weights) or rough (the small trained model), so that alignment is seen on the true shape."""
+    return example.structure if is_toy_model(pipe) else None
 
 
 def cache_dir() -> Path:

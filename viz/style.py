@@ -1,7 +1,7 @@
 """Shared look of every view: model labels, colours, 3D scene layout, HTML export.
 
-Every figure says which model produced it (the bundled default has random weights, so its outputs
-mean nothing); 3D scenes use TRELLIS's frame (z up, object in ``[-0.5, 0.5]``³) with equal axis
+Every figure says which model produced it (and, for fuse3d's own models, what they are: the tiny one
+has random weights, the small one only knows procedural objects); 3D scenes use TRELLIS's frame (z up, object in ``[-0.5, 0.5]``³) with equal axis
 scales; HTML files embed plotly.js (no CDN) and use deterministic element ids.
 """
 from __future__ import annotations
@@ -42,10 +42,27 @@ def is_random_model(source) -> bool:
     return trellis.model_name == TINY_MODEL_NAME or "meaningless" in getattr(trellis, "description", "").lower()
 
 
+def is_small_model(source) -> bool:
+    """Whether a run or pipeline uses fuse3d's small model trained on procedural objects."""
+    from fuse3d.models import SMALL_MODEL_NAME
+
+    return source.trellis.model_name == SMALL_MODEL_NAME
+
+
+def is_toy_model(source) -> bool:
+    """Whether a run or pipeline uses one of fuse3d's own models (the random-weight tiny model or
+    the small trained one): their structures sampled from an image are too rough to study alignment on."""
+    return is_random_model(source) or is_small_model(source)
+
+
 def model_label(source) -> str:
-    """``"model: NAME"``, plus a warning for random-weight models (``source``: a Run or a Fuse3D)."""
+    """``"model: NAME"``, plus what a bundled model is (``source``: a Run or a Fuse3D)."""
     label = f"model: {source.trellis.model_name}"
-    return label + " (random weights: outputs are meaningless)" if is_random_model(source) else label
+    if is_random_model(source):
+        return label + " (random weights: outputs are meaningless)"
+    if is_small_model(source):
+        return label + " (small model trained on procedural objects: rough, see docs/evaluation.md)"
+    return label
 
 
 def title(text: str, source=None) -> dict:
