@@ -302,12 +302,20 @@ def save_checkpoint(nets, ema, state: dict, folder: Path) -> None:
 
 
 def load_checkpoint(nets, ema, folder: Path) -> dict:
+    """Load a checkpoint into ``nets`` and ``ema``. Without ``ema.safetensors`` (left behind to carry a
+    smaller checkpoint: the bundled model plus the whole one exceed the device's 64 MiB), the moving
+    averages restart from the loaded weights."""
     groups = {**{g: {n: nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": ema}
+    if not (folder / "ema.safetensors").is_file():
+        del groups["ema"]
     for group, modules in groups.items():
         tensors = read_safetensors(folder / f"{group}.safetensors")
         for n, m in modules.items():
             prefix = n + "."
             m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    if "ema" not in groups:
+        for n, m in ema.items():
+            m.load_state_dict(nets[n].state_dict())
     return json.loads((folder / "state.json").read_text())
 
 
