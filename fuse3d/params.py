@@ -37,7 +37,7 @@ class Fuse3DParams:
         enhancement: off = ablation *w/o L.E.* (E = 1).
         strength: s in the λ formulas; lambda_mode: ``"share"`` (paper), ``"adaptive"`` or ``"constant"``
             (published code); lambdas: explicit λ per local image; global_lambda: explicit λ_g.
-        enhancement_backend: ``"auto"`` (region-split fused attention on CUDA, explicit on CPU), ``"explicit"``,
+        enhancement_backend: ``"auto"`` (= ``"regions"``, the fastest on CUDA and CPU), ``"explicit"``,
             ``"flex"`` or ``"regions"`` (one fused attention per token region, merged exactly).
         inpainting: the appendix C.2 variant (unaligned voxels follow the global image's latent).
     """

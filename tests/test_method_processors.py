@@ -81,8 +81,9 @@ def _lse_case(device):
     v = torch.randn(4, 77, 64, device=device, dtype=q.dtype)
     lse, out = attention_logsumexp(q, k, 0.125, v)
     logits = (q.float() @ k.float().transpose(1, 2)) * 0.125
-    assert (lse - torch.logsumexp(logits, -1)).abs().max() < 2e-2
-    assert (out.float() - logits.softmax(-1) @ v.float()).abs().max() < 2e-2
+    tol = 2e-2 if q.dtype == torch.float16 else 1e-4
+    assert lse.dtype == torch.float32 and (lse - torch.logsumexp(logits, -1)).abs().max() < tol
+    assert (out.float() - logits.softmax(-1) @ v.float()).abs().max() < tol
 
 
 def test_attention_logsumexp_cpu():

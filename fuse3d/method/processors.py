@@ -63,16 +63,22 @@ def attention_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float, v: Optio
     """``logsumexp`` over keys of the scaled logits, without materialising them where possible.
 
     ``q [H, L, D]``, ``k [H, T, D]`` → ``lse [H, L]`` (float32), plus the attention output ``[H, L, Dv]``
-    when ``v`` is given. On CUDA this uses the fused memory-efficient attention kernel, which returns
-    the log-sum-exp it computes anyway; elsewhere it is written out.
+    when ``v`` is given. This uses a fused attention kernel that returns the log-sum-exp it computes
+    anyway: memory-efficient attention on CUDA, flash attention on the CPU (4.6× faster than the
+    written-out logits for a small model's capture, ``[16, 1346, 1374]``, on 2 cores). Where the kernel
+    refuses the shape or dtype, it is written out.
     """
-    if q.is_cuda:
-        try:
+    try:
+        if q.is_cuda:
             out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
                 q[None], k[None], (k if v is None else v)[None], None, True, 0.0, False, scale=scale)[:2]
             return lse[0, :, : q.shape[1]].float(), (None if v is None else out[0])
-        except RuntimeError:  # an unsupported shape or dtype: fall back to the explicit computation
-            pass
+        if q.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q[None], k[None], (k if v is None else v)[None], 0.0, False, scale=scale)[:2]
+            return lse[0].float(), (None if v is None else out[0])
+    except (RuntimeError, AttributeError):  # an unsupported shape, dtype or torch build
+        pass
     logits = torch.matmul(q * scale, k.transpose(1, 2)).float()
     out = None if v is None else torch.matmul(logits.softmax(-1).to(v.dtype), v)
     return torch.logsumexp(logits, -1), out
@@ -223,8 +229,9 @@ class EnhanceProcessor:
 
     ``backend``: ``"explicit"`` (exact float32 on any device), ``"flex"`` (FlexAttention with a
     ``score_mod``; CUDA), ``"regions"`` (one fused attention per token region, merged by log-sum-exp;
-    exact) or ``"auto"`` (regions on CUDA — measured faster than flex on an H100, see
-    docs/performance.md — explicit elsewhere).
+    exact) or ``"auto"`` (regions: measured faster than flex on an H100, see docs/performance.md,
+    and 2.2× faster than explicit on a 2-core CPU for the small model's final latent, 8.1 s against
+    17.8 s, equal to 1e-5).
     """
 
     def __init__(self, tables: EnhancementTables, tracker: CallTracker, backend: str = "auto"):
@@ -240,7 +247,7 @@ class EnhanceProcessor:
         tables = self.tables
         if tables.cell_regions.device != q.device:
             tables = self.tables = tables.to(q.device)
-        backend = self.backend if self.backend != "auto" else ("regions" if q.is_cuda else "explicit")
+        backend = "regions" if self.backend == "auto" else self.backend
         if backend == "regions":
             if self._plan is None:
                 self._plan = region_plan(tables, q.device, q.dtype)
