@@ -1,0 +1,49 @@
+"""Stage times of one Fuse3D run on the CPU with the bundled default model (what a notebook waits for).
+
+    python bench/bench_cpu_default.py [--example chair] [--model DIR] [--threads N]
+
+Runs the example's full pipeline with an empty cache and prints each stage's wall time (``run.timings()``),
+then the final latent again with each CPU enhancement backend (``explicit``, ``regions``) and how far
+their latents differ.
+"""
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import torch
+
+from fuse3d import Fuse3D
+from fuse3d.spec import example_spec, load_spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--example", default="chair")
+    ap.add_argument("--model", default=None, help="model folder (default: the bundled default model)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(example_spec(args.example))
+    with tempfile.TemporaryDirectory() as cache:
+        pipe = Fuse3D.from_pretrained(args.model, device="cpu", cache_dir=cache, progress=False)
+        t0 = time.perf_counter()
+        run = pipe.run(spec.global_condition, spec.local_conditions, seed=spec.seed, **spec.params)
+        total = time.perf_counter() - t0
+        finals = {}
+        for backend in ("explicit", "regions"):
+            t = time.perf_counter()
+            finals[backend] = (run.retune(enhancement_backend=backend).final.feats, time.perf_counter() - t)
+    diff = (finals["explicit"][0] - finals["regions"][0]).abs().max().item()
+    print(json.dumps({
+        "model": pipe.model_name, "example": args.example, "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "run_s": round(total, 2),
+        "stages_s": {k: round(v, 3) for k, v in run.timings().items()},
+        "final_s": {b: round(f[1], 2) for b, f in finals.items()}, "final_max_abs_diff": diff,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
