@@ -1,6 +1,8 @@
 """Train the small TRELLIS-architecture model on procedural part-labelled objects.
 
-    python -m fuse3d.train.train --work DIR --minutes 9.5 [--total-minutes 34] [--objects 2400]
+    python -m fuse3d.train.train --work DIR [--minutes 9.2] [--total-minutes 23] [--objects 3600]
+
+The defaults are the settings of the bundled ``fuse3d-small`` run (three chunks on one H100).
 
 The same network classes as TRELLIS-image-large, at small width. Training runs in time-boxed chunks
 (``--minutes`` of wall time each, building the data included) that checkpoint to ``DIR/ckpt``
@@ -535,11 +537,11 @@ def train(args) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="working folder (checkpoints in WORK/ckpt)")
-    ap.add_argument("--minutes", type=float, default=9.0,
+    ap.add_argument("--minutes", type=float, default=9.2,
                     help="wall time of this chunk, building the data included (0: only --export)")
-    ap.add_argument("--total-minutes", type=float, default=36.0, help="planned training time over all chunks")
-    ap.add_argument("--vae-share", type=float, default=0.2, help="share of the total spent on the autoencoders")
-    ap.add_argument("--objects", type=int, default=2400)
+    ap.add_argument("--total-minutes", type=float, default=23.0, help="planned training time over all chunks")
+    ap.add_argument("--vae-share", type=float, default=0.35, help="share of the total spent on the autoencoders")
+    ap.add_argument("--objects", type=int, default=3600)
     ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seed-base", type=int, default=100000, help="first object seed (evaluation uses others)")
