@@ -1,8 +1,9 @@
 """Shared look of every view: model labels, colours, 3D scene layout, HTML export.
 
 Every figure says which model produced it (and, for fuse3d's own models, what they are: the tiny one
-has random weights, the small one only knows procedural objects); 3D scenes use TRELLIS's frame (z up, object in ``[-0.5, 0.5]``³) with equal axis
-scales; HTML files embed plotly.js (no CDN) and use deterministic element ids.
+has random weights, the small one only knows procedural objects); 3D scenes use TRELLIS's frame
+(z up, object in ``[-0.5, 0.5]``³) with equal axis scales; HTML files embed plotly.js (no CDN) and
+use deterministic element ids.
 """
 from __future__ import annotations
 
