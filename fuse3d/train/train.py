@@ -200,6 +200,12 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
 
 
 @torch.no_grad()
+def structure_latents(nets, samples: List[ObjectSample], device, chunk: int = 8) -> torch.Tensor:
+    """The structure encoder's latents ``[O, 8, 16, 16, 16]`` of ``samples`` (posterior mean)."""
+    return torch.cat([nets["ss_encoder"](occupancy(samples[i:i + chunk], device)) for i in range(0, len(samples), chunk)])
+
+
+@torch.no_grad()
 def rescale_structure_latent(nets, samples: List[ObjectSample], device) -> List[float]:
     """Give the sparse-structure latent unit standard deviation per channel, exactly.
 
@@ -209,7 +215,7 @@ def rescale_structure_latent(nets, samples: List[ObjectSample], device) -> List[
     ``σ_c`` (log-variance shifted by ``−2·log σ_c``) and the decoder's first convolution takes
     ``σ_c·z_c`` — the decoded occupancy is unchanged. Returns the ``σ_c`` applied.
     """
-    z = torch.cat([nets["ss_encoder"](occupancy(samples[i:i + 8], device)) for i in range(0, len(samples), 8)])
+    z = structure_latents(nets, samples, device)
     sigma = z.transpose(0, 1).reshape(z.shape[1], -1).std(1)
     c = len(sigma)
     enc = nets["ss_encoder"].out_layer[-1]
@@ -367,7 +373,7 @@ def train_structure_flow(args, nets, ema, state: dict, data: List[ObjectSample],
     flow, encoder = nets["ss_flow"], ema["encoder"].eval()
     t0 = time.time()
     with torch.no_grad():
-        x0 = torch.cat([nets["ss_encoder"](occupancy(data[i:i + 8], device)) for i in range(0, len(data), 8)])
+        x0 = structure_latents(nets, data, device)
         tokens = torch.stack([encoder(torch.as_tensor(s.images, device=device).permute(0, 3, 1, 2).float() / 255)
                               for s in data])  # [O, V, T, C]
     print(f"structure latents and tokens of {len(data)} objects in {time.time() - t0:.1f} s", flush=True)
