@@ -466,3 +466,31 @@ def test_transfer_colors(sphere_mesh):
     assert np.allclose(transfer_colors(np.zeros((1, 3)), [[1, 0, 0], [0.1, 0, 0]], [[0.0], [1.0]]), [[1.0]])
     with pytest.raises(ValueError, match=r"source_colors must be \[P, C\] with P = 2"):
         transfer_colors(sphere_mesh, g.positions, g.rgb[:1])
+
+
+@pytest.mark.parametrize("fill_interior", [True, False])
+def test_random_fields_mesh_with_every_vertex_coloured_from_an_active_corner(fill_interior):
+    """Random decoder fields (as random weights give) make Lewiner put vertices *inside* cubes for
+    ambiguous cases; each must take the colour of an active corner of its cube (this crashed with
+    "a mesh vertex lies on no edge of an active cube" when only edge endpoints were tried)."""
+    rng = np.random.default_rng(0)
+    grid, interior_vertices = 16, 0
+    for _ in range(40):
+        coords = np.unique(rng.integers(2, 14, size=(int(rng.integers(5, 300)), 3)), axis=0)
+        sdf = rng.normal(0, rng.choice([0.01, 0.1, 1.0, 100.0]), size=(len(coords), 8))
+        colors = rng.random((len(coords), 8, 3))
+        mesh = extract_mesh(coords, sdf, grid, colors, fill_interior=fill_interior)
+        if not mesh.num_vertices:
+            continue
+        pos = (mesh.vertices + 0.5) * grid
+        interior_vertices += int(((np.abs(pos - np.rint(pos)) > 1e-6).sum(1) >= 2).sum())
+        keys, means = _vertex_table(coords, colors, grid)
+        corner = np.clip(np.floor(pos).astype(np.int64)[:, None] + CUBE_CORNERS[None], 0, grid)
+        corner_keys = (corner[..., 0] * (grid + 1) + corner[..., 1]) * (grid + 1) + corner[..., 2]
+        allowed = np.isin(corner_keys, keys)
+        assert allowed.any(1).all()
+        # the vertex's colour is the mean colour of one of its cube's active corners
+        rows = np.searchsorted(keys, corner_keys).clip(0, len(keys) - 1)
+        match = (np.abs(means[rows] - mesh.vertex_colors[:, None]).max(-1) < 1e-5) & allowed
+        assert match.any(1).all()
+    assert interior_vertices > 0, "the fields should exercise vertices inside cubes"

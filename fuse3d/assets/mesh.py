@@ -236,21 +236,19 @@ def _vertex_table(coords: np.ndarray, corner_values: np.ndarray, grid_resolution
 def _nearest_active_vertex(grid_pos: np.ndarray, keys: np.ndarray, extent: int) -> np.ndarray:
     """Row in the vertex table of the nearest active grid vertex of each marching-cubes vertex.
 
-    A marching-cubes vertex lies on a grid edge whose endpoints have opposite signs; the negative
-    one is always active, so if the nearest endpoint is untouched the other one is used.
+    The candidates are the 8 corners of the grid cube that holds the vertex. A vertex on a grid edge
+    gets its nearer active endpoint. Lewiner's marching cubes also puts vertices *inside* a cube for
+    ambiguous cases; they get the cube's nearest active corner. Every cube that holds a vertex
+    has one: it changes sign, and filled interior vertices never share a cube edge with outside ones.
     """
-    nearest = np.rint(grid_pos).astype(np.int64)
-    rows, found = _lookup(keys, _key(nearest, extent))
-    if not found.all():
-        miss = np.flatnonzero(~found)
-        delta = grid_pos[miss] - nearest[miss]
-        axis = np.abs(delta).argmax(1)
-        other = nearest[miss].copy()
-        other[np.arange(len(miss)), axis] += np.sign(delta[np.arange(len(miss)), axis]).astype(np.int64)
-        rows[miss], found_other = _lookup(keys, _key(other, extent))
-        if not found_other.all():
-            raise RuntimeError("internal error: a mesh vertex lies on no edge of an active cube")
-    return rows
+    corners = np.clip(np.floor(grid_pos).astype(np.int64)[:, None, :] + CUBE_CORNERS[None], 0, extent - 1)
+    rows, found = _lookup(keys, _key(corners, extent))                      # [V, 8]
+    dist = np.where(found, ((corners - grid_pos[:, None, :]) ** 2).sum(-1), np.inf)
+    best = dist.argmin(1)
+    pick = np.arange(len(grid_pos))
+    if not np.isfinite(dist[pick, best]).all():
+        raise RuntimeError("internal error: a mesh vertex lies in no cube with an active corner")
+    return rows[pick, best]
 
 
 def _lookup(sorted_keys: np.ndarray, query: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
