@@ -2,12 +2,19 @@
 
 A stage result is an :class:`Entry`: named tensors plus JSON metadata. Its key hashes the stage name,
 the keys of its inputs and its parameters, so a result is reused exactly when everything it depends
-on is unchanged. Disk entries are written atomically (temporary file, then rename) and carry a
-SHA-256 checksum of their tensor bytes; an entry that fails to read or to verify is reported with a
-:class:`CacheWarning`, deleted and recomputed.
+on is unchanged. Disk entries are written atomically (temporary file, flushed to disk, then renamed over the
+entry) and carry a SHA-256 checksum of their tensor bytes; an entry that fails to read or to verify
+is reported with a :class:`CacheWarning`, deleted and recomputed. Several processes may share one
+cache folder: each entry is written whole by whoever finishes first, and readers never see a
+partial file.
+
+A cache folder that cannot be written (read-only, no space left) never stops a run: the problem is
+reported once with a :class:`CacheWarning` and results stay in memory. A folder that cannot be
+created at all is a :class:`CacheError`.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,11 +27,16 @@ from typing import Callable, Dict, Iterable, Optional, Union
 
 import torch
 
-__all__ = ["Cache", "CacheWarning", "Entry", "stage_key"]
+__all__ = ["Cache", "CacheError", "CacheWarning", "Entry", "stage_key"]
 
 
 class CacheWarning(UserWarning):
-    """A cache entry could not be used (corrupt, truncated or tampered with) and is recomputed."""
+    """A cache entry could not be used (corrupt, truncated or tampered with) and is recomputed, or
+    could not be written (the result stays in memory)."""
+
+
+class CacheError(OSError):
+    """The cache folder cannot be created."""
 
 
 def _canonical(obj):
@@ -90,7 +102,24 @@ class Cache:
         self._mem: Dict[str, Entry] = {}
         self._stage_of: Dict[str, str] = {}
         self._lock = threading.Lock()
-        self.stats = {"hits_memory": 0, "hits_disk": 0, "misses": 0, "corrupt": 0}
+        self._write_failures: set = set()
+        self.writable = self.root is not None
+        self.stats = {"hits_memory": 0, "hits_disk": 0, "misses": 0, "corrupt": 0, "write_failures": 0}
+        if self.root is not None:
+            self._check_root()
+
+    def _check_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(e.errno, f"cannot create the cache folder {self.root}: {e.strerror or e}; "
+                             "pass another cache_dir, or none for a memory-only cache") from None
+        try:
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            self._write_failed(self.root, e)
 
     def __repr__(self) -> str:
         where = str(self.root) if self.root else "memory only"
@@ -156,26 +185,45 @@ class Cache:
                 self._mem[key] = stored
             self._stage_of[key] = stage
         p = self.path(stage, key)
-        if p is not None:
+        if p is not None and self.writable:
             self._write(p, stage, key, stored)
         return stored
 
+    def _write_failed(self, path: Path, err: OSError) -> None:
+        """Report a write failure once per cause; the cache then keeps new entries in memory only."""
+        self.stats["write_failures"] += 1
+        self.writable = False
+        cause = err.errno or type(err).__name__
+        if cause in self._write_failures:
+            return
+        self._write_failures.add(cause)
+        why = {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
+               errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded"}.get(err.errno, str(err))
+        warnings.warn(f"cannot write to the cache folder {self.root} ({why}, at {path}); results are kept in "
+                      "memory only and existing entries are still read", CacheWarning, stacklevel=4)
+
     def _write(self, path: Path, stage: str, key: str, entry: Entry) -> None:
+        """Write an entry atomically; an OS error is reported (:meth:`_write_failed`), never raised."""
         from safetensors.torch import save
 
         md = {"key": key, "stage": stage, "checksum": checksum(entry.tensors), "meta": json.dumps(entry.meta),
               "format": "fuse3d-cache-1"}
         data = save(entry.tensors, metadata=md)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+            tmp = None
+        except OSError as e:
+            self._write_failed(path, e)
+        finally:  # also on KeyboardInterrupt: never leave a partial file behind
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
 
     # ------------------------------------------------------------------ compute-through
     def fetch(self, stage: str, key: str, compute: Callable[[], Entry]) -> Entry:

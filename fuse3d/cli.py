@@ -52,7 +52,8 @@ def _run_spec(spec_path, out, model=None, device=None, cache_dir=None, formats=(
         timings[f"export_{fmt}_s"] = round(time.perf_counter() - t, 2)
     summary = {**run.summary(), "spec": str(Path(spec_path).resolve()), "outputs": written, "timings": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"global: {summary['global']}; locals: {', '.join(summary['locals'])}")
+    print(f"global: {summary['global']}; locals (selected / foreground patches): " + ", ".join(
+        f"{n} {s}/{f}" for n, s, f in zip(summary["locals"], summary["selected_patches"], summary["foreground_patches"])))
     print(f"voxels {summary.get('voxels')}, cells {summary.get('cells')}, aligned cells per local "
           f"{summary.get('aligned_cells')}, unaligned {summary.get('unaligned_cells')}, global tokens "
           f"{summary.get('global_tokens')}, λ {[round(v, 3) for v in summary.get('lambdas', [])]}")

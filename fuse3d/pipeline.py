@@ -768,6 +768,9 @@ class Run:
         out = {"model": self.model_name, "model_description": getattr(self.trellis, "description", ""),
                "model_source": self.trellis.source, "global": self.global_condition.name,
                "locals": [c.name for c in self.local_conditions], "params": self.params.as_dict()}
+        prepared = [c.prepare() for c in self.local_conditions]
+        out["selected_patches"] = [int(p.selected.sum()) for p in prepared]      # |D_k| per local image
+        out["foreground_patches"] = [int(p.foreground.sum()) for p in prepared]  # its object's patches
         done = {s for (s, _) in self._entries}
         if "structure" in done:
             out["voxels"] = int(len(self.structure))

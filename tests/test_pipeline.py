@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fuse3d import Condition, ConditionError, Fuse3D
+from fuse3d import Condition, Fuse3D
 from fuse3d.cache import Cache, CacheWarning
 from fuse3d.conditions import split_global
 
@@ -218,34 +218,6 @@ def test_bad_parameters_fail_before_any_work(fuse3d, conditions, kwargs, error, 
         assert counter.total() == 0
     finally:
         counter.remove()
-
-
-def test_bad_conditions(tmp_path):
-    img = rgba((10, 200, 10), (10, 10, 60, 60), size=(80, 80))
-    with pytest.raises(ConditionError, match="the mask is empty"):
-        Condition(img, np.zeros((80, 80), bool))
-    with pytest.raises(ConditionError, match=r"mask size 10×10 does not match the image size 80×80"):
-        Condition(img, np.ones((10, 10), bool))
-    with pytest.raises(ConditionError, match="cannot read image .*nope.png: no such file"):
-        Condition(tmp_path / "nope.png")
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(ConditionError, match="cannot read image .*bad.png"):
-        Condition(tmp_path / "bad.png")
-    empty = Condition(Image.new("RGBA", (50, 50), (0, 0, 0, 0)), name="empty")
-    with pytest.raises(ConditionError, match="empty: the image has no foreground"):
-        empty.prepare()
-    with pytest.raises(ConditionError, match="no alpha channel"):
-        Condition(Image.new("RGB", (50, 50), (9, 9, 9))).prepare()
-    outside = np.zeros((80, 80), bool)
-    outside[70:80, 70:80] = True  # outside the object's crop
-    with pytest.raises(ConditionError, match="outside the cropped object|selects no foreground patch"):
-        Condition(img, outside).prepare()
-    painted = np.asarray(img).copy()
-    painted[20:30, 20:30, :3] = 255
-    c = Condition.from_painted(img, Image.fromarray(painted))
-    assert c.mask.sum() == 100
-    with pytest.raises(ConditionError, match="patch indices must be in"):
-        Condition.from_patches(img, [5000])
 
 
 def test_missing_weights(tmp_path):

@@ -99,3 +99,15 @@ def test_write_result_is_json_that_reads_back(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert json.loads(text) == result
     assert '{"seed": 1, "alignment": [{"heads": [0], "iou": 0.5}]}' in text  # one line per object
+
+
+def test_evaluation_masks_are_the_parts_bool_masks():
+    """The evaluation builds each local condition from the part's bool mask (never a file), so the
+    mask-file bug never reached its figures: each selects its part, not the whole object."""
+    from fuse3d.train.evaluate import _Example
+
+    ex = _Example(900002)
+    for cond, loc in zip(ex.local_conditions, ex.ex["locals"]):
+        assert loc["mask"].dtype == bool and np.array_equal(cond.mask, loc["mask"])
+        prep = cond.prepare()
+        assert 0 < prep.selected.sum() < prep.foreground.sum()

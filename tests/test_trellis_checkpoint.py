@@ -63,6 +63,13 @@ def test_missing_pipeline_json(tmp_path):
         load_pipeline(tmp_path / "empty", progress=False)
 
 
+@pytest.mark.parametrize("text, match", [("{not json", "pipeline.json"), ('{"args": {}}', "has no args.models")])
+def test_broken_pipeline_json_names_the_file(model_copy, text, match):
+    (model_copy / "pipeline.json").write_text(text)
+    with pytest.raises(CheckpointError, match=match):
+        load_pipeline(model_copy, progress=False)
+
+
 def test_wrong_shape_names_file_key_and_shapes(model_copy):
     cfg_path = model_copy / "ckpts" / "ss_flow_tiny.json"
     cfg = json.loads(cfg_path.read_text())

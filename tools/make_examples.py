@@ -21,6 +21,9 @@ from fuse3d.data import (View, fit_view, make_example_set, random_object, recolo
                          save_example_set)
 
 EXAMPLES = {"chair": 1, "car": 5, "robot": 6}
+# The object fills about 80 % of the frame, so its TRELLIS crop (1.2× its box) is about 0.96·SIZE:
+# at 640 px the crop is above the encoder's 518 px and no image is upscaled.
+SIZE = 640
 OUT = ROOT / "fuse3d" / "examples"
 
 
@@ -46,18 +49,19 @@ def conflict_example(folder: Path) -> None:
     red = recolor_part(spec, "seat", (0.85, 0.1, 0.1))
     blue = recolor_part(spec, "seat", (0.1, 0.2, 0.9))
     folder.mkdir(parents=True, exist_ok=True)
-    g = render(spec, view_g, size=256, supersample=2)
+    g = render(spec, view_g, size=SIZE, supersample=2)
     Image.fromarray(g.rgba).save(folder / "global.png")
-    r0 = render(red, fit_view(red, View(yaw_deg=-30, pitch_deg=35)), size=256, supersample=2)
+    r0 = render(red, fit_view(red, View(yaw_deg=-30, pitch_deg=35)), size=SIZE, supersample=2)
     Image.fromarray(r0.rgba).save(folder / "local_0.png")
     Image.fromarray((r0.part_id == seat).astype(np.uint8) * 255).save(folder / "local_0_mask.png")
-    r1 = render(blue, fit_view(blue, View(yaw_deg=120, pitch_deg=35)), size=256, supersample=2)
+    r1 = render(blue, fit_view(blue, View(yaw_deg=120, pitch_deg=35)), size=SIZE, supersample=2)
     Image.fromarray(r1.rgba).save(folder / "local_1.png")
     m = r1.part_id == seat
     ys, xs = np.nonzero(m)
     cy, cx = int(ys.mean()), int(xs.mean())
     small = np.zeros_like(m)
-    small[cy - 12:cy + 12, cx - 12:cx + 12] = True
+    half = round(12 * SIZE / 256)  # a 24-px square at 256 px, scaled with the render
+    small[cy - half:cy + half, cx - half:cx + half] = True
     Image.fromarray((m & small).astype(np.uint8) * 255).save(folder / "local_1_mask.png")
     Image.fromarray((g.part_id == seat).astype(np.uint8) * 255).save(folder / "global_mask_0.png")
     Image.fromarray((g.part_id == seat).astype(np.uint8) * 255).save(folder / "global_mask_1.png")
@@ -76,7 +80,7 @@ def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
     for name, seed in EXAMPLES.items():
-        ex = make_example_set(seed, size=256, supersample=2)
+        ex = make_example_set(seed, size=SIZE, supersample=2)
         meta = save_example_set(ex, OUT / name)
         parts = ", ".join(loc["part"] for loc in meta["locals"])
         (OUT / name / "spec.toml").write_text(spec_toml(meta, f"A procedural {meta['kind']}: local images restyle the {parts}."))

@@ -15,9 +15,9 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy.spatial import cKDTree
 
+from fuse3d.conditions import read_mask
 from fuse3d.data import ObjectSpec, VoxelObject, random_object, voxelize
 from fuse3d.method.fusion import patch_grid_mask
 from fuse3d.models import fuse3d_home
@@ -86,8 +86,7 @@ class Example:
 
     def global_part_patches(self, run, k: int) -> np.ndarray:
         """``[37, 37]`` bool: patches of the global image showing local ``k``'s part (from ``global_mask_k.png``)."""
-        with Image.open(self.folder / self.meta["locals"][k]["global_mask"]) as im:
-            mask = np.asarray(im.convert("L")) >= 128
+        mask = read_mask(self.folder / self.meta["locals"][k]["global_mask"])
         pixel = run.global_condition.prepare().pre.transform_mask(mask)
         return patch_grid_mask(pixel)
 
