@@ -71,24 +71,33 @@ class Preprocessed:
                 f"mask size {mask.shape[1]}×{mask.shape[0]} does not match the image size "
                 f"{self.source_size[0]}×{self.source_size[1]}"
             )
+        return self.grid_sums((mask != 0)[..., None], SIZE)[..., 0] > 0
+
+    def grid_sums(self, values: np.ndarray, cells: int) -> np.ndarray:
+        """Sums of source-resolution ``values [H, W, C]`` over each cell of a ``cells × cells`` grid
+        of the 518² frame (518: its pixels; 37: its patches). A source pixel counts in every cell
+        whose footprint it overlaps (exact integer arithmetic; outside the image counts nothing)."""
+        values = np.asarray(values)
+        h, w = values.shape[:2]
         x0, y0, x1, y1 = self.pixel_box
-        xl, xh = _footprints(x0, x1 - x0, mask.shape[1])
-        yl, yh = _footprints(y0, y1 - y0, mask.shape[0])
-        counts = np.zeros((mask.shape[0] + 1, mask.shape[1]), np.int64)
-        np.cumsum(mask != 0, axis=0, out=counts[1:])
-        rows = counts[yh] - counts[yl]                                  # [518, W] selected pixels per column
-        cols = np.zeros((SIZE, mask.shape[1] + 1), np.int64)
-        np.cumsum(rows, axis=1, out=cols[:, 1:])
-        return (cols[:, xh] - cols[:, xl]) > 0
+        xl, xh = _footprints(x0, x1 - x0, w, cells)
+        yl, yh = _footprints(y0, y1 - y0, h, cells)
+        acc = np.int64 if values.dtype == bool or np.issubdtype(values.dtype, np.integer) else np.float64
+        rows = np.zeros((h + 1,) + values.shape[1:], acc)
+        np.cumsum(values, axis=0, dtype=acc, out=rows[1:])
+        band = rows[yh] - rows[yl]                                      # [cells, W, C]
+        cols = np.zeros((cells, w + 1) + values.shape[2:], acc)
+        np.cumsum(band, axis=1, out=cols[:, 1:])
+        return cols[:, xh] - cols[:, xl]                                # [cells, cells, C]
 
 
-def _footprints(start: int, length: int, limit: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Per output pixel ``u`` of 518, the half-open range ``[lo, hi)`` of source pixels (clipped to
-    ``[0, limit)``) that overlap ``[start + u·length/518, start + (u+1)·length/518)``, in exact
-    integer arithmetic."""
-    u = np.arange(SIZE, dtype=np.int64)
-    lo = (start * SIZE + u * length) // SIZE                            # floor of the footprint's start
-    hi = -((-(start * SIZE + (u + 1) * length)) // SIZE)                # ceil of its end
+def _footprints(start: int, length: int, limit: int, cells: int = SIZE) -> Tuple[np.ndarray, np.ndarray]:
+    """Per cell ``u`` of ``cells`` across the crop, the half-open range ``[lo, hi)`` of source pixels
+    (clipped to ``[0, limit)``) that overlap ``[start + u·length/cells, start + (u+1)·length/cells)``,
+    in exact integer arithmetic."""
+    u = np.arange(cells, dtype=np.int64)
+    lo = (start * cells + u * length) // cells                          # floor of the footprint's start
+    hi = -((-(start * cells + (u + 1) * length)) // cells)              # ceil of its end
     return np.clip(lo, 0, limit), np.clip(np.maximum(hi, lo), 0, limit)
 
 
