@@ -17,11 +17,15 @@ def _cmd_write_tiny_model(args) -> int:
 def _cmd_info(args) -> int:
     from .trellis.pipeline import load_pipeline
 
+    from .pipeline import Fuse3D
+
     pipe = load_pipeline(args.model, dinov2=args.dinov2, progress=False)
+    defaults = Fuse3D(pipe, progress=False).defaults
     print(f"model: {pipe.model_name} ({pipe.source})")
     for name, module in pipe.named_children():
         n = sum(p.numel() for p in module.parameters())
         print(f"  {name:18s} {type(module).__name__:28s} {n / 1e6:9.2f} M parameters")
+    print(f"  alignment defaults: {defaults.describe()}")
     print(f"  structure sampler: {pipe.ss_sampler_params}")
     print(f"  latent sampler:    {pipe.slat_sampler_params}")
     return 0
@@ -43,6 +47,7 @@ def _run_spec(spec_path, out, model=None, device=None, cache_dir=None, formats=(
     pipe = Fuse3D.from_pretrained(model or spec.model, device=device, cache_dir=cache_dir, progress=progress)
     desc = f" — {pipe.trellis.description}" if getattr(pipe.trellis, "description", "") else ""
     print(f"model: {pipe.model_name} ({pipe.trellis.source}){desc}", flush=True)
+    print(f"alignment defaults: {pipe.defaults.describe()}", flush=True)
     run = pipe.run(spec.global_condition, spec.local_conditions, seed=spec.seed, **spec.params)
     timings = {"load_and_run_s": round(time.perf_counter() - t0, 2)}
     written = []

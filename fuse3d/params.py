@@ -1,4 +1,10 @@
-"""Fuse3D run parameters, their defaults and validation, and which stage each one affects."""
+"""Fuse3D run parameters, their defaults and validation, and which stage each one affects.
+
+The alignment defaults (``heads``, ``threshold``) come from the model: a model folder may carry
+its own in ``pipeline.json`` (``"fuse3d": {"defaults": {"heads": [...], "threshold": t,
+"source": "how they were chosen"}}``, picked by the tuning protocol on tuning seeds only); a folder
+that carries none, TRELLIS-image-large among them, gets the paper's (:data:`PAPER_DEFAULTS`).
+"""
 from __future__ import annotations
 
 import math
@@ -7,6 +13,48 @@ from typing import Optional, Tuple
 
 from .method.alignment import DEFAULT_HEADS, DEFAULT_THRESHOLD
 from .method.enhancement import LAMBDA_MODES, check_lambda
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """A model's default forward-alignment setting and where it came from."""
+
+    heads: Tuple[int, ...]
+    threshold: float
+    source: str
+
+    @property
+    def from_model(self) -> bool:
+        return self is not PAPER_DEFAULTS and self.source != PAPER_DEFAULTS.source
+
+    def describe(self) -> str:
+        return f"heads {list(self.heads)} (0-based), threshold {self.threshold:g} — {self.source}"
+
+    def as_dict(self) -> dict:
+        return {"heads": list(self.heads), "threshold": self.threshold, "source": self.source}
+
+    @classmethod
+    def read(cls, meta: Optional[dict], num_heads: int, where: str = "pipeline.json") -> "ModelDefaults":
+        """The defaults a ``pipeline.json``'s ``"fuse3d"`` entry carries (the paper's if none).
+
+        Raises ``ValueError`` naming ``where`` for a malformed entry (unknown keys, heads out of range,
+        a threshold outside [0, 1], no source)."""
+        d = (meta or {}).get("defaults")
+        if d is None:
+            return PAPER_DEFAULTS
+        if not isinstance(d, dict) or set(d) - {"heads", "threshold", "source"} or "source" not in d:
+            raise ValueError(f"{where}: fuse3d.defaults must be {{'heads': [...], 'threshold': t, 'source': '...'}}, got {d!r}")
+        heads = tuple(int(h) for h in d.get("heads", PAPER_DEFAULTS.heads))
+        if not heads or any(not 0 <= h < num_heads for h in heads):
+            raise ValueError(f"{where}: fuse3d.defaults.heads {list(heads)} must be in 0..{num_heads - 1}")
+        threshold = float(d.get("threshold", PAPER_DEFAULTS.threshold))
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{where}: fuse3d.defaults.threshold must be in [0, 1], got {threshold}")
+        return cls(heads, threshold, str(d["source"]))
+
+
+#: The paper's setting: heads 1, 5 and 13 (0-based 0, 4, 12) at 0.55, as the published code uses.
+PAPER_DEFAULTS = ModelDefaults(DEFAULT_HEADS, DEFAULT_THRESHOLD, "the paper's (heads 1, 5, 13; threshold 0.55)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +118,11 @@ class Fuse3DParams:
     global_lambda: Optional[float] = None
     enhancement_backend: str = "auto"
     inpainting: bool = False
+
+    @classmethod
+    def for_model(cls, defaults: ModelDefaults, **changes) -> "Fuse3DParams":
+        """Parameters starting from a model's alignment defaults, then ``changes``."""
+        return cls(heads=tuple(defaults.heads), threshold=float(defaults.threshold)).updated(**changes)
 
     @classmethod
     def names(cls) -> Tuple[str, ...]:

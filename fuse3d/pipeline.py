@@ -31,8 +31,9 @@ from .method import enhancement as E
 from .method import fusion as M
 from .method.processors import (CallTracker, CaptureProcessor, CaptureState, CaptureTarget, EnhanceProcessor,
                                 capture_result)
-from .params import Fuse3DParams
+from .params import Fuse3DParams, ModelDefaults
 from .trellis.attention import use_attn_processors
+from .trellis.checkpoint import CheckpointError
 from .trellis.pipeline import TrellisPipeline, load_pipeline
 from .trellis.sparse import SparseTensor
 
@@ -56,12 +57,21 @@ class Fuse3D:
         pipeline: the loaded networks (:func:`fuse3d.trellis.pipeline.load_pipeline`).
         cache: where stage results live (default: memory only).
         progress: show progress bars.
+
+    Attributes:
+        defaults: the model's alignment defaults (:class:`fuse3d.params.ModelDefaults`): the ones its
+            ``pipeline.json`` carries, else the paper's heads ``[0, 4, 12]`` at 0.55.
     """
 
     def __init__(self, pipeline: TrellisPipeline, cache: Optional[Cache] = None, progress: bool = True):
         self.trellis = pipeline
         self.cache = cache or Cache()
         self.progress = progress
+        try:
+            self.defaults = ModelDefaults.read(getattr(pipeline, "fuse3d_meta", None), pipeline.slat_flow.num_heads,
+                                               f"{pipeline.source}/pipeline.json")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
 
     @classmethod
     def from_pretrained(cls, path_or_repo: Optional[Union[str, Path]] = None, device: Optional[str] = None,
@@ -111,7 +121,7 @@ class Fuse3D:
             if not isinstance(c, Condition):
                 raise TypeError(f"conditions must be fuse3d.Condition objects, got {type(c).__name__}")
             c.prepare()  # every image problem surfaces now, before any work
-        p = Fuse3DParams(seed=int(seed)).updated(**params)
+        p = Fuse3DParams.for_model(self.defaults, seed=int(seed), **params)
         run = Run(self, global_condition, local_conditions, p, _structure_coords(structure))
         run._check()
         if not lazy:
@@ -767,7 +777,8 @@ class Run:
         """What ran and what came out, JSON-serialisable (used by the CLI and the views)."""
         out = {"model": self.model_name, "model_description": getattr(self.trellis, "description", ""),
                "model_source": self.trellis.source, "global": self.global_condition.name,
-               "locals": [c.name for c in self.local_conditions], "params": self.params.as_dict()}
+               "locals": [c.name for c in self.local_conditions], "params": self.params.as_dict(),
+               "defaults": self.fuse3d.defaults.as_dict()}
         prepared = [c.prepare() for c in self.local_conditions]
         out["selected_patches"] = [int(p.selected.sum()) for p in prepared]      # |D_k| per local image
         out["foreground_patches"] = [int(p.foreground.sum()) for p in prepared]  # its object's patches

@@ -267,3 +267,44 @@ def test_shared_schedule_scores_locals_against_the_global_queries(run, fuse3d):
         assert torch.allclose(shared.reverse_map.float(), run.reverse_map.float(), atol=2e-3)
     finally:
         counter.remove()
+
+
+def _with_defaults(tiny_model_dir, tmp_path, defaults):
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    doc = json.loads((folder / "pipeline.json").read_text())
+    doc.setdefault("fuse3d", {})["defaults"] = defaults
+    (folder / "pipeline.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_a_model_folder_may_carry_its_own_alignment_defaults(tiny_model_dir, conditions, tmp_path):
+    from fuse3d.params import PAPER_DEFAULTS
+
+    plain = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+    assert plain.defaults is PAPER_DEFAULTS and not plain.defaults.from_model
+    own = Fuse3D.from_pretrained(_with_defaults(tiny_model_dir, tmp_path, {
+        "heads": [3, 7], "threshold": 0.4, "source": "tuned on seeds 910000:910004"}), device="cpu", progress=False)
+    assert own.defaults.from_model and own.defaults.heads == (3, 7)
+    g, locals_ = conditions
+    run = own.run(g, locals_, lazy=True, **FAST)
+    assert run.params.heads == (3, 7) and run.params.threshold == 0.4
+    assert own.run(g, locals_, lazy=True, heads=[1], **FAST).params.heads == (1,), "the user's choice wins"
+    summary = run.summary()
+    assert summary["defaults"] == {"heads": [3, 7], "threshold": 0.4, "source": "tuned on seeds 910000:910004"}
+    assert plain.run(g, locals_, lazy=True, **FAST).summary()["defaults"]["heads"] == [0, 4, 12]
+
+
+@pytest.mark.parametrize("defaults, match", [
+    ({"heads": [99], "source": "x"}, r"fuse3d.defaults.heads \[99\] must be in 0..15"),
+    ({"threshold": 3, "source": "x"}, r"threshold must be in \[0, 1\]"),
+    ({"heads": [1]}, "must be"),
+])
+def test_malformed_model_defaults_name_the_file(tiny_model_dir, tmp_path, defaults, match):
+    from fuse3d.trellis.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=match):
+        Fuse3D.from_pretrained(_with_defaults(tiny_model_dir, tmp_path, defaults), device="cpu", progress=False)

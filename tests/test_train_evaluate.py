@@ -61,6 +61,36 @@ def test_summary_scores_the_setting_chosen_on_the_tuning_objects():
     assert s["alignment_tuned"]["heads"] == [3] and s["alignment_iou_tuned"] == pytest.approx(0.5)
     assert s["alignment_iou_oracle"] == pytest.approx(0.9) and s["alignment_iou_select_all"] == pytest.approx(0.3)
     assert s["fused_color_error_ratio"] == pytest.approx(0.25) and s["structure_voxels_ratio"] == pytest.approx(0.9)
+    # at a model's own defaults, the default score is that setting's
+    from fuse3d.params import ModelDefaults
+
+    own = summarize(test, tune, ModelDefaults((7,), 0.6, "tuned"))
+    assert own["alignment_iou_default"] == pytest.approx(0.9) and own["alignment_default"]["source"] == "tuned"
+
+
+def test_tuned_defaults_are_written_into_the_model_folder(tiny_model_dir, tmp_path):
+    import shutil
+
+    from fuse3d.train.evaluate import tuned_setting, write_defaults
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    tune = [{"alignment": rows({((0, 4, 12), 0.55): 0.3, ((3,), 0.4): 0.8})}]
+    setting, score = tuned_setting(tune)
+    assert setting == ((3,), 0.4) and score == pytest.approx(0.8)
+    write_defaults(folder, setting, score, range(910000, 910004))
+    pipe = Fuse3D.from_pretrained(folder, device="cpu", progress=False)
+    assert pipe.defaults.heads == (3,) and pipe.defaults.threshold == 0.4
+    assert "tuning seeds 910000:910004 (mean IoU 0.800)" in pipe.defaults.source
+
+
+def test_the_tuning_grid_holds_the_model_defaults_and_the_papers_when_they_exist():
+    from fuse3d.params import ModelDefaults
+    from fuse3d.train.evaluate import thresholds_for
+
+    grid = tuning_grid(4, ModelDefaults((1, 2), 0.45, "x"))
+    assert [1, 2] in grid and [0, 4, 12] not in grid and grid[-1] == [0, 1, 2, 3]
+    assert [0, 4, 12] in tuning_grid(16) and 0.45 in thresholds_for(ModelDefaults((1,), 0.45, "x"))
 
 
 @pytest.fixture(scope="module")

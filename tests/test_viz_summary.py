@@ -28,6 +28,7 @@ def test_summary_html(run):
     assert html.count("<img src=\"data:image/png;base64,") == run.K + 1
     assert "random weights: outputs are meaningless" in html
     assert "<code>threshold=0.4</code>" in html and "<table>" in html
+    assert "the paper&#x27;s defaults: heads [0, 4, 12] @ 0.55" in html
 
 
 def test_model_label(run):

@@ -92,8 +92,9 @@ def head_grid(run, k: int, *, block: Optional[int] = None, step: Optional[int] =
     fig.update_scenes(**style.scene(*camera))
     name = run.local_conditions[k].name
     fig.update_layout(title=style.title(f"Attention of {name}'s selected tokens per head — {_drill_label(block, step)}"
-                                        f" — ★ = chosen heads {sorted(chosen)} (0-based)", run),
-                      height=230 * rows + 90, width=980, margin=dict(l=0, r=0, t=90, b=0))
+                                        f" — ★ = chosen heads {sorted(chosen)} (0-based)"
+                                        f"<br><sup>{style.defaults_label(run)}</sup>", run),
+                      height=230 * rows + 110, width=980, margin=dict(l=0, r=0, t=110, b=0))
     return fig
 
 

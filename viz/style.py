@@ -66,6 +66,13 @@ def model_label(source) -> str:
     return label
 
 
+def defaults_label(run) -> str:
+    """Which alignment defaults apply to a run's model and where they came from."""
+    d = run.fuse3d.defaults
+    whose = "the model's own" if d.from_model else "the paper's"
+    return f"{whose} defaults: heads {list(d.heads)} @ {d.threshold:g} ({d.source})"
+
+
 def title(text: str, source=None) -> dict:
     """A figure title with the model line under it."""
     sub = f"<br><sup>{model_label(source)}</sup>" if source is not None else ""

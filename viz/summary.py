@@ -47,11 +47,12 @@ class RunSummary:
         return "".join(cells)
 
     def _changed_params(self) -> str:
-        defaults = Fuse3DParams().as_dict()
+        defaults = Fuse3DParams.for_model(self.run.fuse3d.defaults).as_dict()
         changed = {k: v for k, v in self.run.params.as_dict().items() if defaults[k] != v}
+        line = f"<small>{html.escape(style.defaults_label(self.run))}</small><br>"
         if not changed:
-            return "all parameters at their defaults"
-        return "parameters: " + ", ".join(f"<code>{k}={html.escape(repr(v))}</code>" for k, v in changed.items())
+            return line + "all parameters at their defaults"
+        return line + "parameters: " + ", ".join(f"<code>{k}={html.escape(repr(v))}</code>" for k, v in changed.items())
 
     def _repr_html_(self) -> str:
         return (f"<div><b>{html.escape(style.model_label(self.run))}</b><br>{self._thumbnails()}<br>"

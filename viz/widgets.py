@@ -6,6 +6,8 @@ network runs; the figure is a ``FigureWidget`` whose traces are updated in place
 """
 from __future__ import annotations
 
+import html
+
 import time
 from typing import List, Optional, Sequence
 
@@ -46,6 +48,7 @@ class HeadTuner:
         self.local = W.Dropdown(options=[(c.name, i) for i, c in enumerate(run.local_conditions)], value=k,
                                 description="local")
         self.status = W.HTML()
+        self.defaults = W.HTML(f"<small>{html.escape(style.defaults_label(run))}</small>")
         self.figure = go.FigureWidget(change_traces(self.surface, np.zeros(len(run.structure), np.int8)))
         self.figure.update_layout(title=style.title("Head / threshold tuner: raw vs refined alignment", run),
                                   scene=style.scene(), height=520, margin=dict(l=0, r=0, t=70, b=0),
@@ -59,7 +62,7 @@ class HeadTuner:
         cols = 8 if run.num_heads > 8 else run.num_heads
         self.widget = W.VBox([W.HBox([self.local, self.threshold, self.refine]),
                               W.GridBox(self.heads, layout=W.Layout(grid_template_columns=f"repeat({cols}, 92px)")),
-                              self.figure, self.status])
+                              self.figure, self.status, self.defaults])
 
     @property
     def selected_heads(self) -> List[int]:

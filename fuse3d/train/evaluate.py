@@ -15,15 +15,18 @@ Objects from these seeds are never trained on (training uses seeds from 100 000 
    averaged over parts.
 2. **Forward alignment** — on the true structure (every voxel has a true part, so alignment is judged
    apart from shape): IoU of the aligned (refined) voxels of each local image with its true part, at
-   the default heads/threshold and at the setting the tuning notebook
-   (``notebooks/02_heads_and_thresholds``) would pick — its grid (each single head, the default heads,
-   all heads × thresholds 0.3–0.7), chosen by mean IoU on the separate ``--tune-seeds`` objects.
-   For scale: selecting every voxel scores the part's share of the object (``alignment_iou_select_all``).
+   the defaults the pipeline uses for this model (its own, or the paper's heads [0, 4, 12] at 0.55)
+   and at the setting the tuning notebook (``notebooks/02_heads_and_thresholds``) would pick — its
+   grid (each single head, the model's and the paper's default heads, all heads × thresholds
+   0.3–0.7), chosen by mean IoU on the separate ``--tune-seeds`` objects. For scale: selecting every
+   voxel scores the part's share of the object (``alignment_iou_select_all``).
 3. **Fusion** — on the true structure: the colour error of each local image's part against that
    image's colours (the restyled part, pattern included), with local attention enhancement (default
    λ) and without (``enhancement=False``, λ = 1).
 
-Everything runs on the CPU in a few minutes for the small model.
+``--tune-only --write-defaults`` runs the tuning seeds alone and writes the chosen setting into the
+model folder's ``pipeline.json`` as its own defaults (tuning seeds only: the test seeds never choose
+anything). Everything runs on the CPU in a few minutes for the small model.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from scipy.spatial import cKDTree
 from ..assets.gaussians import Gaussians
 from ..conditions import Condition
 from ..data import make_example_set, voxelize
-from ..params import DEFAULT_HEADS, DEFAULT_THRESHOLD
+from ..params import DEFAULT_HEADS, PAPER_DEFAULTS, ModelDefaults
 from .data import part_colors
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7)
@@ -102,9 +105,19 @@ def mean_iou(rows: Sequence[dict]) -> dict:
     return {key: float(np.mean(v)) for key, v in groups.items()}
 
 
-def tuning_grid(num_heads: int) -> List[List[int]]:
-    """The head sets of the tuning notebook: each single head, the default heads, all heads."""
-    return [[h] for h in range(num_heads)] + [list(DEFAULT_HEADS), list(range(num_heads))]
+def tuning_grid(num_heads: int, defaults: ModelDefaults = PAPER_DEFAULTS) -> List[List[int]]:
+    """The head sets of the tuning notebook: each single head, the model's default heads, the
+    paper's (when the model has that many heads), all heads."""
+    sets = [[h] for h in range(num_heads)] + [list(defaults.heads)]
+    if max(DEFAULT_HEADS) < num_heads:
+        sets.append(list(DEFAULT_HEADS))
+    sets.append(list(range(num_heads)))
+    return [list(h) for h in dict.fromkeys(tuple(h) for h in sets)]
+
+
+def thresholds_for(defaults: ModelDefaults) -> List[float]:
+    """The tuning thresholds plus the model's default one."""
+    return sorted(set(THRESHOLDS) | {float(defaults.threshold)})
 
 
 def voxel_rgb(gaussians: Gaussians, n_voxels: int) -> np.ndarray:
@@ -168,7 +181,8 @@ def evaluate_example(pipe, seed: int, seed_run: int = 0, **params) -> dict:
     out["color_error"] = part_color_error(rgb, ex.voxels.color, ex.voxels.part)
 
     # 2. forward alignment on the true structure; selecting every voxel scores the part's share
-    out["alignment"] = alignment_table(run, ex.truth(), tuning_grid(run.num_heads), THRESHOLDS)
+    out["alignment"] = alignment_table(run, ex.truth(), tuning_grid(run.num_heads, pipe.defaults),
+                                       thresholds_for(pipe.defaults))
     out["part_share"] = [float(t.mean()) for t in ex.truth()]
 
     # 3. fused part colour, with and without local attention enhancement
@@ -184,15 +198,22 @@ def evaluate_example(pipe, seed: int, seed_run: int = 0, **params) -> dict:
 
 
 # ============================================================================ whole evaluation
-def summarize(test: List[dict], tune: List[dict]) -> dict:
-    """Means over objects; the tuned alignment setting is chosen on ``tune`` and scored on ``test``."""
+def tuned_setting(tune: List[dict]) -> tuple:
+    """``((heads), threshold), mean IoU``: the grid setting with the best mean IoU on the tuning objects."""
+    tuned = mean_iou([r for e in tune for r in e["alignment"]])
+    best = max(tuned, key=tuned.get)
+    return best, tuned[best]
+
+
+def summarize(test: List[dict], tune: List[dict], defaults: ModelDefaults = PAPER_DEFAULTS) -> dict:
+    """Means over objects; the tuned alignment setting is chosen on ``tune`` and scored on ``test``;
+    the default one is the model's (``defaults``)."""
     def mean(values) -> float:
         return float(np.mean(list(values)))
 
-    tuned = mean_iou([r for e in tune for r in e["alignment"]])
-    best = max(tuned, key=tuned.get)
+    best, best_iou = tuned_setting(tune)
     on_test = mean_iou([r for e in test for r in e["alignment"]])
-    default = (tuple(DEFAULT_HEADS), DEFAULT_THRESHOLD)
+    default = (tuple(defaults.heads), float(defaults.threshold))
     fused = {flag: mean(f["error"] for e in test for f in e["fusion"] if f["enhancement"] == flag) for flag in (True, False)}
     return {
         "objects": len(test),
@@ -201,9 +222,9 @@ def summarize(test: List[dict], tune: List[dict]) -> dict:
         "structure_voxels_ratio": mean(e["structure"]["voxels"] / e["structure"]["true_voxels"] for e in test),
         "part_color_error": mean(e["color_error"] for e in test),
         "alignment_iou_default": on_test[default],
-        "alignment_default": {"heads": list(default[0]), "threshold": default[1]},
+        "alignment_default": {"heads": list(default[0]), "threshold": default[1], "source": defaults.source},
         "alignment_iou_tuned": on_test[best],
-        "alignment_tuned": {"heads": list(best[0]), "threshold": best[1], "tune_iou": tuned[best]},
+        "alignment_tuned": {"heads": list(best[0]), "threshold": best[1], "tune_iou": best_iou},
         "alignment_iou_oracle": max(on_test.values()),
         "alignment_iou_select_all": mean(v for e in test for v in e["part_share"]),
         "fused_color_error_enhanced": fused[True],
@@ -220,7 +241,21 @@ def evaluate(pipe, seeds: Sequence[int], tune_seeds: Sequence[int], progress: bo
     for name, group in (("test", seeds), ("tune", tune_seeds)):
         per[name] = [evaluate_example(pipe, s) for s in tqdm(list(group), desc=f"Evaluating ({name})", disable=not progress)]
     return {"model": pipe.model_name, "seconds": round(time.time() - t0, 1),
-            "summary": summarize(per["test"], per["tune"]), "test": per["test"], "tune": per["tune"]}
+            "summary": summarize(per["test"], per["tune"], pipe.defaults), "test": per["test"], "tune": per["tune"]}
+
+
+def write_defaults(model_dir, setting: tuple, tune_iou: float, tune_seeds: Sequence[int]) -> dict:
+    """Write a tuned alignment setting into a model folder's ``pipeline.json`` as its own defaults."""
+    from pathlib import Path
+
+    path = Path(model_dir) / "pipeline.json"
+    doc = json.loads(path.read_text())
+    seeds = f"{min(tune_seeds)}:{max(tune_seeds) + 1}"
+    defaults = {"heads": [int(h) for h in setting[0]], "threshold": float(setting[1]),
+                "source": f"tuned by fuse3d.train.evaluate on tuning seeds {seeds} (mean IoU {tune_iou:.3f})"}
+    doc.setdefault("fuse3d", {})["defaults"] = defaults
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return defaults
 
 
 def write_result(result: dict, path) -> None:
@@ -247,8 +282,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--seeds", type=_seed_range, default=range(900000, 900008), help="test seeds START:STOP")
     ap.add_argument("--tune-seeds", type=_seed_range, default=range(910000, 910004), help="tuning seeds START:STOP")
     ap.add_argument("--out", default=None, help="write the full results here (JSON)")
+    ap.add_argument("--tune-only", action="store_true", help="evaluate the tuning seeds only and report the setting")
+    ap.add_argument("--write-defaults", action="store_true",
+                    help="with --tune-only: write the tuned setting into the model folder's pipeline.json")
     args = ap.parse_args(argv)
+    if args.write_defaults and not args.tune_only:
+        ap.error("--write-defaults needs --tune-only (defaults are chosen on tuning seeds only)")
     pipe = Fuse3D.from_pretrained(args.model, progress=False)
+    if args.tune_only:
+        from tqdm.auto import tqdm
+
+        tune = [evaluate_example(pipe, s) for s in tqdm(list(args.tune_seeds), desc="Evaluating (tune)")]
+        setting, tune_iou = tuned_setting(tune)
+        print(f"model: {pipe.model_name}; tuned on {len(tune)} objects: heads {list(setting[0])} @ {setting[1]:g} "
+              f"(mean IoU {tune_iou:.3f})")
+        if args.write_defaults:
+            from ..models import default_model_path
+
+            folder = args.model or default_model_path()
+            print("wrote", write_defaults(folder, setting, tune_iou, args.tune_seeds), "to", folder)
+        return
     result = evaluate(pipe, args.seeds, args.tune_seeds)
     print(f"model: {result['model']}")
     print(json.dumps(result["summary"], indent=2))

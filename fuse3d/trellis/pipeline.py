@@ -196,6 +196,7 @@ def load_pipeline(path_or_repo: PathLike, device: Union[str, torch.device] = "cp
     name = meta.get("model_name") or (Path(label).name if Path(label).exists() else label)
     pipe = TrellisPipeline(networks, encoder, config, model_name=name, source=label)
     pipe.description = meta.get("description", "")
+    pipe.fuse3d_meta = meta  # pipeline.json's "fuse3d" section, which the published loader ignores
     block_dtype = next(iter(networks["slat_flow"].blocks.parameters())).dtype
     fingerprint.update(f"{torch.device(device).type}:{block_dtype}".encode())
     pipe.fingerprint = fingerprint.hexdigest()
