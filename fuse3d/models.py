@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 BUNDLED = Path(__file__).parent / "weights"
-TINY_DIR_NAME = "fuse3d-tiny-random-v1"
+TINY_DIR_NAME = "fuse3d-tiny-random-v2"
 SMALL_MODEL_NAME = "fuse3d-small"  # the trained small model (``python -m fuse3d.train.train``)
 
 

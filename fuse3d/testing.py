@@ -11,40 +11,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Union
+from typing import Union
 
 import torch
 import torch.nn as nn
 
-from .trellis.dinov2 import DinoV2Encoder
+from .trellis.architectures import TINY
 from .trellis.pipeline import write_pipeline
-from .trellis.registry import build
-from .trellis.vae import gaussian_representation_config
 
 TINY_MODEL_NAME = "fuse3d-tiny-random"
-TINY_WIDTH = 64  # DINOv2 width = flows' cond_channels
-
-TINY_NETWORKS: Dict[str, tuple] = {
-    "sparse_structure_flow_model": ("ss_flow_tiny", "SparseStructureFlowModel", dict(
-        resolution=16, in_channels=8, out_channels=8, model_channels=64, cond_channels=TINY_WIDTH, num_blocks=2,
-        num_heads=4, mlp_ratio=4, patch_size=1, pe_mode="ape", qk_rms_norm=True, use_fp16=True)),
-    "sparse_structure_decoder": ("ss_decoder_tiny", "SparseStructureDecoder", dict(
-        out_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1, channels=[32, 16, 8], use_fp16=True)),
-    "slat_flow_model": ("slat_flow_tiny", "SLatFlowModel", dict(
-        resolution=64, in_channels=8, out_channels=8, model_channels=64, cond_channels=TINY_WIDTH, num_blocks=2,
-        num_heads=16, mlp_ratio=2, patch_size=2, num_io_res_blocks=2, io_block_channels=[16], pe_mode="ape",
-        qk_rms_norm=True, use_fp16=True)),
-    "slat_decoder_gs": ("slat_dec_gs_tiny", "SLatGaussianDecoder", dict(
-        resolution=64, model_channels=32, latent_channels=8, num_blocks=1, num_heads=2, mlp_ratio=2, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config=gaussian_representation_config(8))),
-    "slat_decoder_mesh": ("slat_dec_mesh_tiny", "SLatMeshDecoder", dict(
-        resolution=64, model_channels=256, latent_channels=8, num_blocks=1, num_heads=4, mlp_ratio=1, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config={"use_color": True})),
-    "slat_decoder_rf": ("slat_dec_rf_tiny", "SLatRadianceFieldDecoder", dict(
-        resolution=64, model_channels=32, latent_channels=8, num_blocks=1, num_heads=2, mlp_ratio=2, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config={"rank": 4, "dim": 8})),
-}
-TINY_ENCODER = dict(arch="vit_small_patch14_reg4_dinov2", img_size=518, embed_dim=TINY_WIDTH, depth=2, num_heads=4)
+TINY_WIDTH = TINY.width  # DINOv2 width = flows' cond_channels
+#: the order in which write_tiny_model draws the networks' random weights
+TINY_DRAW_ORDER = ("ss_flow", "ss_decoder", "slat_flow", "slat_decoder_gs", "slat_decoder_mesh", "slat_decoder_rf")
 TINY_SAMPLER = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5}}
 
 
@@ -84,21 +62,17 @@ def _calibrate_structure(flow: nn.Module, decoder: nn.Module, encoder: nn.Module
 def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int = 1000) -> Path:
     """Write the tiny random model to ``path`` (a folder); returns the folder."""
     g = torch.Generator().manual_seed(seed)
-    networks = {}
-    built = {}
-    for key, (ckpt, cls, args) in TINY_NETWORKS.items():
-        model = build(cls, **{**args, "use_fp16": False})
-        randomize_(model, g)
-        built[key] = model
-        networks[key] = (model, ckpt, cls, args)
-    encoder = DinoV2Encoder(**TINY_ENCODER).eval()
+    built = {name: randomize_(TINY.build(name), g) for name in TINY_DRAW_ORDER}
+    networks = {TINY.networks[n].key: (m, TINY.ckpt(n), TINY.networks[n].cls, TINY.networks[n].args)
+                for n, m in built.items()}
+    encoder = TINY.build_encoder().eval()
     randomize_(encoder, g)
-    _calibrate_structure(built["sparse_structure_flow_model"], built["sparse_structure_decoder"], encoder, target_voxels, seed)
+    _calibrate_structure(built["ss_flow"], built["ss_decoder"], encoder, target_voxels, seed)
     params = {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
     return write_pipeline(
         path,
         networks,
-        (encoder, "image_cond_model_tiny"),
+        (encoder, TINY.ckpt("image_cond_model")),
         ss_sampler={**TINY_SAMPLER, "params": {**params, "cfg_strength": 7.5}},
         slat_sampler={**TINY_SAMPLER, "params": params},
         slat_normalization={"mean": [0.0] * 8, "std": [1.0] * 8},

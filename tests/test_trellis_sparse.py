@@ -8,6 +8,7 @@ from fuse3d.trellis.sparse import (
     SparseSubdivide,
     SparseTensor,
     SparseUpsample,
+    dense_convolutions,
     neighbour_map,
     sparse_cat,
 )
@@ -159,3 +160,23 @@ def test_conv_backward_is_the_flipped_gather(monkeypatch):
     conv.conv.weight.grad = None
     (conv(SparseTensor(feats, coords)).feats * g).sum().backward()
     assert torch.allclose(feats.grad, f2.grad, atol=1e-10) and torch.allclose(conv.conv.weight.grad, w2.grad, atol=1e-10)
+
+
+@torch.enable_grad()
+def test_the_dense_training_path_equals_the_sparse_one_with_gradients():
+    """dense_convolutions() (training only) gives the submanifold convolution's outputs and gradients."""
+    torch.manual_seed(0)
+    coords = random_voxels((30, 20), res=6)
+    conv = SparseConv3d(3, 4, 3).double()
+    torch.nn.init.normal_(conv.conv.bias)
+    grads = []
+    for dense in (False, True):
+        feats = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        conv.zero_grad()
+        with dense_convolutions(conv, dense):
+            out = conv(SparseTensor(feats, coords)).feats
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads.append((out.detach(), feats.grad, conv.conv.weight.grad.clone(), conv.conv.bias.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert conv.dense is False, "restored on exit"

@@ -17,9 +17,10 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from ..data import random_object, random_view, render, voxelize
+from ..data import fit_view, random_object, random_view, render, voxelize
 from ..data.procedural import ObjectSpec
 from ..trellis.preprocess import preprocess_image
+from .views import FILL, RENDER_SIZE
 
 CORNERS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]])
 def _children() -> np.ndarray:
@@ -72,7 +73,9 @@ def normals(spec: ObjectSpec, points: np.ndarray, eps: float = 0.5 / 64) -> np.n
     return (g / np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-8)).astype(np.float32)
 
 
-def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size: int = 384) -> ObjectSample:
+def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size: int = RENDER_SIZE) -> ObjectSample:
+    """One object's sample; its views are framed as the encoder's pre-training views are
+    (:mod:`fuse3d.train.views`: the object spans 65–85 % of the frame, so the crop is rarely upscaled)."""
     rng = np.random.default_rng(seed)
     spec = random_object(rng)
     vox = voxelize(spec)
@@ -80,7 +83,8 @@ def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size
     centres = (coords + 0.5) / 64 - 0.5
     images = []
     for _ in range(views):
-        r = render(spec, random_view(rng), size=render_size)
+        view = fit_view(spec, random_view(rng), fill=float(rng.uniform(*FILL)))
+        r = render(spec, view, size=render_size)
         images.append(np.asarray(preprocess_image(Image.fromarray(r.rgba, "RGBA")).image))
     n_fine = len(coords) * 64
     fine_index = np.sort(rng.choice(n_fine, size=min(fine_samples, n_fine), replace=False))

@@ -214,8 +214,17 @@ class EncoderPretrainer:
         self.state = PretrainState(state["steps"], state["seconds"], state["log"])
 
     def export(self, prefix: Path) -> Path:
-        """The EMA encoder in TRELLIS's ``ckpts/NAME`` format (``PREFIX.json`` + ``PREFIX.safetensors``)."""
+        """The EMA encoder in TRELLIS's ``ckpts/NAME`` format (``PREFIX.json`` + ``PREFIX.safetensors``),
+        and ``PREFIX.pretrain.json`` saying what it was pre-trained on (the trainer names it in the
+        model's description)."""
+        prefix = Path(prefix)
         save_network(self.ema, prefix, "DinoV2Encoder", self.ema.config)
+        cfg = self.config
+        write_json(prefix.with_name(prefix.name + ".pretrain.json"), {
+            "objects": cfg.objects, "views": cfg.objects * cfg.views,
+            "seeds": f"{cfg.seed_base}:{cfg.seed_base + cfg.objects}", "steps": self.state.steps,
+            "targets": ["part-category shares", "object coverage", "unshaded colour", "world normal",
+                        "object-space position", "kind and camera direction (CLS)"]})
         return prefix
 
 

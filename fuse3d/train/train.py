@@ -1,39 +1,40 @@
-"""Train the small TRELLIS-architecture model on procedural part-labelled objects.
+"""Train a small TRELLIS-architecture model on procedural part-labelled objects.
 
-    python -m fuse3d.train.train --work DIR [--minutes 9.2] [--total-minutes 23] [--objects 3600]
+    python -m fuse3d.train.pretrain --work ENC                       # 1. the condition encoder
+    python -m fuse3d.train.train --work DIR --encoder ENC/encoder    # 2. everything else, in chunks
+    python -m fuse3d.train.train --work DIR --encoder ENC/encoder --minutes 0 --export MODEL
 
-The defaults are the settings of the bundled ``fuse3d-small`` run (three chunks on one H100).
-
-The same network classes as TRELLIS-image-large, at small width. Training runs in time-boxed chunks
+The networks are those of an :class:`~fuse3d.trellis.architectures.Architecture` (``--architecture
+small``: the classes of TRELLIS-image-large at small width). The condition encoder comes
+pre-trained (:mod:`fuse3d.train.pretrain`) and stays **frozen**, as TRELLIS freezes DINOv2: its
+tokens of every training image are computed once per chunk. Training runs in time-boxed chunks
 (``--minutes`` of wall time each, building the data included) that checkpoint to ``DIR/ckpt``
-(safetensors in fp16 + ``state.json``; optimiser moments are not kept, a resumed chunk warms its
-learning rate up again) and resume from it, in two phases that split ``--total-minutes`` of training:
+(safetensors in fp16 + ``state.json``; optimiser moments are not kept, so a resumed chunk warms its
+learning rate up again) and resume from it, in two phases that split ``--total-minutes``:
 
 1. **autoencoders** (the first ``--vae-share``): the sparse-structure VAE on 64³ surface occupancy
    (BCE + soft Dice); the structured-latent encoder on per-voxel colour + normal with two decoders:
    Gaussians (colour, scale, opacity) and the mesh decoder (exact signed distances and colours at the
-   cube corners of the 4× finer voxels, from the procedural shapes). Meanwhile a small
-   DINOv2-architecture condition encoder is pre-trained from scratch through a training-only
-   :class:`StructureProbe` that reads the coarse 16³ occupancy off its tokens.
-2. **flows** (the rest): the structure flow and the latent flow with rectified-flow losses (logit-normal
-   times of mean 1, as TRELLIS trains) on the frozen autoencoders' latents (computed once per chunk),
-   conditioned on the encoder's tokens, which keep training jointly (10 % of conditions dropped to
-   zeros, for classifier-free guidance; the probe stays on as an auxiliary loss). An exponential
-   moving average of the two flows and the encoder is what gets exported.
+   cube corners of the 4× finer voxels, from the procedural shapes).
+2. **flows** (the rest): the structure flow and the latent flow (``--flows``) with rectified-flow
+   losses (logit-normal times of mean 1, as TRELLIS trains) on the frozen autoencoders' latents,
+   conditioned on the frozen tokens (10 % of conditions dropped to zeros, for classifier-free
+   guidance). An exponential moving average of each flow is what gets exported.
 
-Each phase's learning rate decays on a cosine over its planned time; gradients are clipped per network.
-``--minutes 0 --export DIR`` writes the TRELLIS-format model folder (fp16 blocks) from the checkpoint.
+One :meth:`Trainer.step` serves both phases: losses of a batch, backward, gradients clipped per
+network, the optimiser, the EMA. No loss ever touches an attention map: alignment must emerge from
+denoising, as in TRELLIS.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
+import hashlib
 import math
 import os
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -41,82 +42,67 @@ import torch.nn.functional as F
 
 from ..assets.gaussians import SH_C0
 from ..models import SMALL_MODEL_NAME
-from ..trellis.checkpoint import read_safetensors, write_json, write_safetensors
-from ..trellis.dinov2 import DinoV2Encoder
+from ..trellis.architectures import ARCHITECTURES, Architecture
+from ..trellis.checkpoint import load_network, read_json, read_safetensors, write_json, write_safetensors
 from ..trellis.pipeline import write_pipeline
-from ..trellis.registry import build
-from ..trellis.sparse import SparseTensor
-from ..trellis.vae import gaussian_representation_config
+from ..trellis.sparse import SparseTensor, dense_convolutions
+from .config import REQUIRED, option, parse, save_config
 from .data import ObjectSample, cached_objects
 
-WIDTH = 128  # token width of the small encoder = the flows' cond_channels
 SIGMA_MIN = 1e-5
-MODEL_NAME = SMALL_MODEL_NAME
-
-NETWORKS: Dict[str, tuple] = {  # name: (pipeline.json key or None for training-only, class, args)
-    "ss_encoder": (None, "SparseStructureEncoder", dict(
-        in_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1, channels=[16, 32, 64], use_fp16=True)),
-    "ss_decoder": ("sparse_structure_decoder", "SparseStructureDecoder", dict(
-        out_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1, channels=[64, 32, 16], use_fp16=True)),
-    "slat_encoder": (None, "SLatEncoder", dict(
-        resolution=64, in_channels=6, model_channels=64, latent_channels=8, num_blocks=2, num_heads=4, mlp_ratio=2,
-        attn_mode="swin", window_size=8, use_fp16=True)),
-    "slat_decoder_gs": ("slat_decoder_gs", "SLatGaussianDecoder", dict(
-        resolution=64, model_channels=64, latent_channels=8, num_blocks=2, num_heads=4, mlp_ratio=2, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config=gaussian_representation_config(8))),
-    "slat_decoder_mesh": ("slat_decoder_mesh", "SLatMeshDecoder", dict(
-        resolution=64, model_channels=256, latent_channels=8, num_blocks=1, num_heads=4, mlp_ratio=2, attn_mode="swin",
-        window_size=8, use_fp16=True, representation_config={"use_color": True})),
-    "ss_flow": ("sparse_structure_flow_model", "SparseStructureFlowModel", dict(
-        resolution=16, in_channels=8, out_channels=8, model_channels=128, cond_channels=WIDTH, num_blocks=6, num_heads=16,
-        mlp_ratio=4, patch_size=2, pe_mode="ape", qk_rms_norm=True, use_fp16=True)),
-    "slat_flow": ("slat_flow_model", "SLatFlowModel", dict(
-        resolution=64, in_channels=8, out_channels=8, model_channels=128, cond_channels=WIDTH, num_blocks=6, num_heads=16,
-        mlp_ratio=4, patch_size=2, num_io_res_blocks=2, io_block_channels=[32], pe_mode="ape", qk_rms_norm=True,
-        use_fp16=True)),
-}
-ENCODER = dict(arch="vit_small_patch14_reg4_dinov2", img_size=518, embed_dim=WIDTH, depth=4, num_heads=4)
 VAE_NETS = ("ss_encoder", "ss_decoder", "slat_encoder", "slat_decoder_gs", "slat_decoder_mesh")
-FLOW_NETS = ("ss_flow", "slat_flow", "encoder")  # exported as their EMA
-CKPT_GROUPS = {"vae": VAE_NETS, "ss_flow": ("ss_flow", "encoder", "probe"), "slat_flow": ("slat_flow",)}
-PROBE_FLOW_WEIGHT = 0.2  # the structure probe's share of the flow phase's loss
+FLOW_NETS = ("ss_flow", "slat_flow")  # exported as their EMA
+CKPT_GROUPS = {"vae": VAE_NETS, "flows": FLOW_NETS}
 
 
-class StructureProbe(torch.nn.Module):
-    """Training-only head that reads the coarse 16³ occupancy straight off the condition tokens.
+@dataclass
+class TrainConfig:
+    work: str = option(REQUIRED, "working folder (checkpoint in WORK/ckpt)")
+    encoder: str = option(REQUIRED, "the pre-trained condition encoder: a ckpts prefix (PREFIX.json + PREFIX.safetensors)")
+    architecture: str = option("small", f"network widths: {', '.join(ARCHITECTURES)}")
+    minutes: float = option(9.0, "wall time of this chunk, building the data included (0: only --export)")
+    total_minutes: float = option(60.0, "planned training time over all chunks (the cosine schedules)")
+    vae_share: float = option(0.25, "share of the total spent on the autoencoders")
+    objects: int = option(3600, "procedural training objects")
+    views: int = option(3, "condition images per object")
+    render_size: int = option(640, "render size of the condition images (before TRELLIS's crop)")
+    seed: int = option(0, "seed of the initialisation and the batch order")
+    seed_base: int = option(100000, "first object seed (evaluation and probes use others)")
+    workers: int = option(max(1, (os.cpu_count() or 2) - 1), "processes that build the data")
+    data_cache: Optional[str] = option(None, "folder that keeps the built objects between chunks")
+    vae_batch: int = option(4, "objects per autoencoder step")
+    flow_batch: int = option(24, "latent-flow batch")
+    ss_batch: int = option(96, "structure-flow batch (its steps are cheap next to the latent flow's)")
+    lr: float = option(3e-4, "peak learning rate (AdamW)")
+    flows: str = option("ss,slat", "which flows the flow phase trains: ss, slat or both")
+    bf16: bool = option(True, "bfloat16 autocast for the flows (the sparse convolutions' sparse path stays float32)")
+    dense_conv: bool = option(True, "train the latent flow's 64³ convolutions through a dense grid (exact, faster on a GPU)")
+    export: Optional[str] = option(None, "write the TRELLIS-format model folder here at the end")
 
-    A from-scratch condition encoder learns shape slowly when its only signal comes through the
-    structure flow's cross-attention. This probe gives it direct 3D supervision from the first step —
-    during the autoencoder phase, while the flows cannot train yet, and as an auxiliary loss after.
-    One learned query per 2³ patch of the 16³ grid (as the structure flow patches its latent)
-    cross-attends to the tokens through a small transformer decoder. Never exported.
-    """
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose from {sorted(ARCHITECTURES)}")
+        bad = set(self.flow_names) - {"ss", "slat"}
+        if bad or not self.flow_names:
+            raise ValueError(f"--flows takes ss, slat or ss,slat; got {self.flows!r}")
 
-    def __init__(self, width: int, heads: int = 4, layers: int = 2, resolution: int = 16, patch: int = 2):
-        super().__init__()
-        self.resolution, self.patch = resolution, patch
-        self.queries = torch.nn.Parameter(0.02 * torch.randn((resolution // patch) ** 3, width))
-        layer = torch.nn.TransformerDecoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.decoder = torch.nn.TransformerDecoder(layer, layers)
-        self.out = torch.nn.Linear(width, patch ** 3)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Occupancy logits ``[B, 1, 16, 16, 16]`` of condition tokens ``[B, T, C]``."""
-        b, g, p = tokens.shape[0], self.resolution // self.patch, self.patch
-        y = self.out(self.decoder(self.queries.expand(b, -1, -1), tokens))  # [B, g³, p³]
-        y = y.view(b, g, g, g, p, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-        return y.reshape(b, 1, self.resolution, self.resolution, self.resolution)
+    @property
+    def flow_names(self) -> List[str]:
+        return [f for f in self.flows.split(",") if f]
 
 
-def build_networks(device) -> Dict[str, torch.nn.Module]:
-    nets = {}
-    for name, (_, cls, args) in NETWORKS.items():
-        with torch.device(device):
-            nets[name] = build(cls, **{**args, "use_fp16": False}).train()
-    with torch.device(device):
-        nets["encoder"] = DinoV2Encoder(**ENCODER).train()
-        nets["probe"] = StructureProbe(ENCODER["embed_dim"]).train()
-    return nets
+@dataclass
+class TrainState:
+    """What a checkpoint records besides weights (``state.json``)."""
+
+    architecture: str
+    encoder: str  # sha256 of the frozen encoder's weights: a chunk refuses to resume with another
+    objects: int
+    steps: Dict[str, int] = field(default_factory=lambda: {"vae": 0, "flow": 0})
+    seconds: Dict[str, float] = field(default_factory=lambda: {"vae": 0.0, "flow": 0.0})
+    slat_normalization: Optional[dict] = None
+    structure_latent_scale: Optional[List[float]] = None
+    log: List[dict] = field(default_factory=list)
 
 
 # ============================================================================ batching
@@ -128,11 +114,6 @@ def occupancy(samples: List[ObjectSample], device) -> torch.Tensor:
     return occ
 
 
-def coarse_occupancy(occ: torch.Tensor) -> torch.Tensor:
-    """64³ occupancy ``[B, 1, 64, 64, 64]`` → 16³ (a cell is occupied if any of its 4³ voxels is)."""
-    return F.max_pool3d(occ, 4)
-
-
 def sparse_batch(samples: List[ObjectSample], feats: List[np.ndarray], device) -> SparseTensor:
     coords, rows = [], []
     for b, (s, f) in enumerate(zip(samples, feats)):
@@ -142,9 +123,9 @@ def sparse_batch(samples: List[ObjectSample], feats: List[np.ndarray], device) -
     return SparseTensor(torch.cat(rows).to(device), torch.cat(coords).to(device), len(samples))
 
 
-def images(samples: List[ObjectSample], rng: np.random.Generator, device) -> torch.Tensor:
-    picked = np.stack([s.images[rng.integers(len(s.images))] for s in samples])
-    return torch.as_tensor(picked, device=device).permute(0, 3, 1, 2).float() / 255.0
+def voxel_features(samples: List[ObjectSample]) -> List[np.ndarray]:
+    """What the structured-latent encoder reads per voxel: colour and normal."""
+    return [np.concatenate([s.color, s.normal], 1) for s in samples]
 
 
 # ============================================================================ losses
@@ -152,12 +133,6 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``1 − soft Dice`` between ``sigmoid(logits)`` and a 0/1 ``target [B, ...]``."""
     prob, dims = torch.sigmoid(logits), tuple(range(1, target.dim()))
     return (1 - (2 * (prob * target).sum(dims) + 1) / ((prob + target).sum(dims) + 1)).mean()
-
-
-def probe_loss(probe: StructureProbe, tokens: torch.Tensor, occ16: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice of the structure probe's 16³ occupancy from condition tokens."""
-    logits = probe(tokens).float()
-    return F.binary_cross_entropy_with_logits(logits, occ16) + soft_dice(logits, occ16)
 
 
 def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Tensor]:
@@ -168,7 +143,7 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     ss_dice = soft_dice(logits, occ)
     ss_kl = 0.5 * (mean**2 + logvar.exp() - logvar - 1).mean()
 
-    x = sparse_batch(samples, [np.concatenate([s.color, s.normal], 1) for s in samples], device)
+    x = sparse_batch(samples, voxel_features(samples), device)
     zs, smean, slogvar = nets["slat_encoder"](x, sample_posterior=True, return_raw=True)
     slat_kl = 0.5 * (smean**2 + slogvar.exp() - slogvar - 1).mean()
     gs = nets["slat_decoder_gs"]
@@ -227,49 +202,26 @@ def rescale_structure_latent(nets, samples: List[ObjectSample], device) -> List[
     return sigma.tolist()
 
 
+@torch.no_grad()
+def latent_normalization(nets, samples: List[ObjectSample], device) -> dict:
+    """Per-channel mean and standard deviation of the structured latent (``slat_normalization``)."""
+    feats = []
+    for i in range(0, len(samples), 16):
+        batch = samples[i:i + 16]
+        feats.append(nets["slat_encoder"](sparse_batch(batch, voxel_features(batch), device), sample_posterior=False).feats.float())
+    f = torch.cat(feats)
+    return {"mean": f.mean(0).tolist(), "std": f.std(0).clamp(min=1e-3).tolist()}
+
+
 def flow_target(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
     """``x_t`` and the velocity ``v = (1 − σ_min)·ε − x0`` the samplers integrate."""
     xt = (1 - t) * x0 + (SIGMA_MIN + (1 - SIGMA_MIN) * t) * noise
     return xt, (1 - SIGMA_MIN) * noise - x0
 
 
-class FlowData:
-    """Everything the flow phase reads, on the device: the frozen autoencoders' latents of every
-    object (structure latent ``[8, 16, 16, 16]``; normalised structured latent ``[N, 8]`` on its voxels)
-    and the condition images (uint8)."""
-
-    def __init__(self, nets, samples: List[ObjectSample], norm, device, chunk: int = 16):
-        self.ss, self.slat, self.coords, occ16 = [], [], [], []
-        with torch.no_grad():
-            for i in range(0, len(samples), chunk):
-                part = samples[i:i + chunk]
-                occ = occupancy(part, device)
-                occ16.append(coarse_occupancy(occ).bool())
-                self.ss.extend(nets["ss_encoder"](occ).unbind(0))
-                x = sparse_batch(part, [np.concatenate([s.color, s.normal], 1) for s in part], device)
-                z = (nets["slat_encoder"](x, sample_posterior=False).feats - norm[0]) / norm[1]
-                self.slat.extend(z[sl] for sl in x.layout)
-                self.coords.extend(x.coords[sl, 1:] for sl in x.layout)
-        self.occ16 = torch.cat(occ16)  # [O, 1, 16, 16, 16]
-        self.images = torch.as_tensor(np.stack([s.images for s in samples]), device=device)  # [O, V, H, W, 3]
-
-    def __len__(self) -> int:
-        return len(self.ss)
-
-    def batch(self, idx: np.ndarray, rng: np.random.Generator, n_slat: int):
-        """Objects ``idx``: ``(x0_ss [B, 8, 16, 16, 16], occ16 [B, 1, 16, 16, 16], images [B, 3, 518, 518],
-        x0_slat)``; the structured latents (a SparseTensor) only of the first ``n_slat`` objects."""
-        coords = torch.cat([F.pad(self.coords[i], (1, 0), value=b) for b, i in enumerate(idx[:n_slat])])
-        slat = SparseTensor(torch.cat([self.slat[i] for i in idx[:n_slat]]), coords, len(idx[:n_slat]))
-        rows = torch.as_tensor(idx, device=self.images.device)
-        views = torch.as_tensor(rng.integers(self.images.shape[1], size=len(idx)), device=self.images.device)
-        img = self.images[rows, views].permute(0, 3, 1, 2).float() / 255.0
-        return torch.stack([self.ss[i] for i in idx]), self.occ16[rows].float(), img, slat
-
-
 def condition_dropout(cond: torch.Tensor, p: float = 0.1) -> torch.Tensor:
     """Zero the tokens of a share ``p`` of the batch (the unconditional branch of CFG)."""
-    return cond * (torch.rand(cond.shape[0], 1, 1, device=cond.device) > p).float()
+    return cond * (torch.rand(cond.shape[0], 1, 1, device=cond.device) > p).to(cond.dtype)
 
 
 def sample_times(b: int, device, mean: float = 1.0) -> torch.Tensor:
@@ -284,72 +236,49 @@ def structure_flow_loss(flow, x0: torch.Tensor, t: torch.Tensor, cond: torch.Ten
     return F.mse_loss(flow(xt, 1000 * t, cond), v)
 
 
-def flow_losses(nets, data: FlowData, idx: np.ndarray, rng: np.random.Generator, n_slat: int) -> Dict[str, torch.Tensor]:
-    """Structure flow (and structure probe) on all objects ``idx``; the latent flow, whose sparse
-    attention dominates a step, on the first ``n_slat``."""
-    x0_ss, occ16, img, x0_slat = data.batch(idx, rng, n_slat)
-    tokens = nets["encoder"](img)
-    cond = condition_dropout(tokens)
-    t = sample_times(len(idx), x0_ss.device)
-    ss = structure_flow_loss(nets["ss_flow"], x0_ss, t, cond)
-    tv = t[x0_slat.batch_index][:, None]
-    xt, v = flow_target(x0_slat.feats, tv, torch.randn_like(x0_slat.feats))
-    slat = F.mse_loss(nets["slat_flow"](x0_slat.replace(xt), 1000 * t[:n_slat], cond[:n_slat]).feats, v)
-    return {"ss_flow": ss, "slat_flow": slat, "probe": PROBE_FLOW_WEIGHT * probe_loss(nets["probe"], tokens, occ16)}
+def latent_flow_loss(flow, x0: SparseTensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Rectified-flow loss of the latent flow on normalised structured latents at times ``t [B]``."""
+    xt, v = flow_target(x0.feats, t[x0.batch_index][:, None], torch.randn_like(x0.feats))
+    return F.mse_loss(flow(x0.replace(xt), 1000 * t, cond).feats, v)
 
 
-# ============================================================================ checkpoints
-def save_checkpoint(nets, ema, state: dict, folder: Path) -> None:
-    """Networks (and the flows' EMA copies) in fp16 — small enough to travel between chunks — and state."""
-    folder.mkdir(parents=True, exist_ok=True)
-    groups = {**{g: {n: nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": ema}
-    for group, modules in groups.items():
-        tensors = {f"{n}.{k}": v.half() for n, m in modules.items() for k, v in m.state_dict().items()}
-        write_safetensors(folder / f"{group}.safetensors", tensors)
-    write_json(folder / "state.json", state)
+class FlowData:
+    """Everything the flow phase reads, on the device, computed once per chunk from the frozen
+    networks: each object's structure latent ``[8, 16, 16, 16]``, its normalised structured latent
+    ``[N, 8]`` on its voxels, and the frozen encoder's tokens ``[V, T, C]`` of its condition images."""
+
+    def __init__(self, nets, encoder, samples: List[ObjectSample], norm, device, chunk: int = 16,
+                 token_dtype=torch.bfloat16):
+        self.ss, self.slat, self.coords, tokens = [], [], [], []
+        with torch.no_grad():
+            for i in range(0, len(samples), chunk):
+                part = samples[i:i + chunk]
+                self.ss.extend(nets["ss_encoder"](occupancy(part, device)).unbind(0))
+                x = sparse_batch(part, voxel_features(part), device)
+                z = (nets["slat_encoder"](x, sample_posterior=False).feats - norm[0]) / norm[1]
+                self.slat.extend(z[sl] for sl in x.layout)
+                self.coords.extend(x.coords[sl, 1:] for sl in x.layout)
+                img = torch.as_tensor(np.stack([s.images for s in part]), device=device)  # [b, V, H, W, 3]
+                b, v = img.shape[:2]
+                pixels = img.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
+                tokens.append(encoder(pixels).to(token_dtype).unflatten(0, (b, v)))
+        self.tokens = torch.cat(tokens)  # [O, V, T, C]
+
+    def __len__(self) -> int:
+        return len(self.ss)
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator, n_slat: int):
+        """Objects ``idx``: ``(x0_ss [B, 8, 16, 16, 16], tokens [B, T, C], x0_slat)`` — the tokens of one
+        random view each; the structured latents (a SparseTensor) only of the first ``n_slat`` objects."""
+        coords = torch.cat([F.pad(self.coords[i], (1, 0), value=b) for b, i in enumerate(idx[:n_slat])])
+        slat = SparseTensor(torch.cat([self.slat[i] for i in idx[:n_slat]]), coords, len(idx[:n_slat]))
+        dev = self.tokens.device
+        views = torch.as_tensor(rng.integers(self.tokens.shape[1], size=len(idx)), device=dev)
+        tokens = self.tokens[torch.as_tensor(idx, device=dev), views].float()
+        return torch.stack([self.ss[i] for i in idx]), tokens, slat
 
 
-def load_checkpoint(nets, ema, folder: Path) -> dict:
-    """Load a checkpoint into ``nets`` and ``ema``. Without ``ema.safetensors`` (left behind to carry a
-    smaller checkpoint: the bundled model plus the whole one exceed the device's 64 MiB), the moving
-    averages restart from the loaded weights."""
-    groups = {**{g: {n: nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": ema}
-    if not (folder / "ema.safetensors").is_file():
-        del groups["ema"]
-    for group, modules in groups.items():
-        tensors = read_safetensors(folder / f"{group}.safetensors")
-        for n, m in modules.items():
-            prefix = n + "."
-            m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    if "ema" not in groups:
-        for n, m in ema.items():
-            m.load_state_dict(nets[n].state_dict())
-    return json.loads((folder / "state.json").read_text())
-
-
-def export_model(nets, ema, state: dict, out: Path) -> Path:
-    """Write the trained networks as a TRELLIS-format folder (blocks in fp16, as published); the
-    flows and the condition encoder are their exponential moving averages."""
-    final = {**nets, **ema}
-    networks = {key: (final[n], f"{n}_small", cls, args) for n, (key, cls, args) in NETWORKS.items() if key}
-    params = {"steps": 12, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
-    sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": SIGMA_MIN}}
-    encoder = copy.deepcopy(final["encoder"]).eval().half()  # stored in fp16 (loaded back as fp32 on CPU)
-    return write_pipeline(
-        out, networks, (encoder, "image_cond_model_small"),
-        # structure CFG 3: on tuning seeds it keeps the voxel count (×1.0; ×1.27 at 5) at a slightly
-        # higher F-score (0.43 against 0.41), see docs/training.md
-        ss_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
-        slat_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
-        slat_normalization=state["slat_normalization"],
-        fuse3d_meta={"model_name": MODEL_NAME, "description": (
-            "small TRELLIS-architecture model trained by fuse3d on procedural part-labelled objects "
-            f"({state['objects']} objects, {state['steps']['vae']} autoencoder + {state['steps']['flow']} flow steps); "
-            "it knows only such objects, and its sampled shapes and colours are rough (docs/evaluation.md)")},
-    )
-
-
-# ============================================================================ loop
+# ============================================================================ schedules
 def lr_at(step: int, progress: float, base: float, warmup: int = 200) -> float:
     """Linear warm-up over ``warmup`` steps (of this chunk), then cosine decay to 10 % over the phase's
     planned time (``progress`` ∈ [0, 1])."""
@@ -364,208 +293,223 @@ def ema_update(ema: Dict[str, torch.nn.Module], nets, step: int, decay: float = 
         torch._foreach_lerp_(list(ema[n].parameters()), list(nets[n].parameters()), 1 - d)
 
 
-def train_structure_flow(args, nets, ema, state: dict, data: List[ObjectSample], device, deadline: float) -> None:
-    """Train the structure flow alone on the frozen (EMA) condition encoder's tokens, computed once.
+def weights_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode() + v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
-    Cheap enough for a CPU: the structure flow is small and the encoder runs once per image. Used to
-    redo the structure flow without a GPU (e.g. after :func:`rescale_structure_latent`).
+
+# ============================================================================ the trainer
+class Trainer:
+    """The networks, the frozen encoder, the EMA of the flows, the data and the state of one run.
+
+    ``Trainer(config).run()`` is one chunk; ``python -m fuse3d.train.train`` calls it.
     """
-    flow, encoder = nets["ss_flow"], ema["encoder"].eval()
-    t0 = time.time()
-    with torch.no_grad():
-        x0 = structure_latents(nets, data, device)
-        tokens = torch.stack([encoder(torch.as_tensor(s.images, device=device).permute(0, 3, 1, 2).float() / 255)
-                              for s in data])  # [O, V, T, C]
-    print(f"structure latents and tokens of {len(data)} objects in {time.time() - t0:.1f} s", flush=True)
-    if state["steps"].get("structure", 0) == 0:
-        ema["ss_flow"].load_state_dict(flow.state_dict())
-    opt = torch.optim.AdamW(flow.parameters(), lr=args.lr, weight_decay=0.0)
-    rng = np.random.default_rng(args.seed + state["steps"].get("structure", 0))
-    local, start = 0, time.time()
-    budget = max(deadline - start, 1.0)
-    while time.time() < deadline:
-        idx = torch.as_tensor(rng.integers(len(data), size=args.flow_batch))
-        view = torch.as_tensor(rng.integers(tokens.shape[1], size=len(idx)))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(local, (time.time() - start) / budget, args.lr, warmup=100)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.flow_bf16):
-            loss = structure_flow_loss(flow, x0[idx], sample_times(len(idx), device), condition_dropout(tokens[idx, view]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, nets, local, decay=0.998, names=["ss_flow"])
-        local += 1
-        state["steps"]["structure"] = state["steps"].get("structure", 0) + 1
-        if local % 50 == 0:
-            print(f"structure step {state['steps']['structure']} ({(time.time() - start) / local:.2f} s/step): "
-                  f"ss_flow {loss.item():.4f}", flush=True)
-            state["log"].append({"phase": "structure", "step": state["steps"]["structure"], "ss_flow": round(loss.item(), 4)})
-    state["seconds"]["structure"] = state["seconds"].get("structure", 0.0) + time.time() - start
 
+    def __init__(self, config: TrainConfig, device: Optional[str] = None):
+        self.config = config
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.arch: Architecture = ARCHITECTURES[config.architecture]
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.nets = {n: self.arch.build(n, self.device).train() for n in VAE_NETS + FLOW_NETS}
+        self.encoder = load_network(config.encoder, device=self.device, dtype="fp32").eval().requires_grad_(False)
+        if self.encoder.width != self.arch.width:
+            raise ValueError(f"the encoder {config.encoder} has width {self.encoder.width}; the {self.arch.name} "
+                             f"architecture's flows read {self.arch.width}")
+        self.ema = {n: copy.deepcopy(self.nets[n]).requires_grad_(False) for n in FLOW_NETS}
+        self.state = TrainState(self.arch.name, weights_digest(self.encoder), config.objects)
+        self.data: List[ObjectSample] = []
+        self.flow_data: Optional[FlowData] = None
+        self._started = time.time()
+        self._saved = time.time()
 
-def train(args) -> None:
-    start = time.time()
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    work = Path(args.work)
-    ckpt = work / "ckpt"
-    nets = build_networks(dev)
-    ema = {n: copy.deepcopy(nets[n]).requires_grad_(False) for n in FLOW_NETS}
-    state = {"objects": args.objects, "seconds": {"vae": 0.0, "flow": 0.0}, "steps": {"vae": 0, "flow": 0},
-             "slat_normalization": None, "log": []}
-    if (ckpt / "state.json").is_file():
-        state = load_checkpoint(nets, ema, ckpt)
-        print(f"resumed from {ckpt}: {state['steps']}", flush=True)
-    if args.minutes <= 0:
-        if args.export:
-            print("exported", export_model(nets, ema, state, Path(args.export)), flush=True)
-        return
-    seeds = list(range(args.seed_base, args.seed_base + args.objects))
-    data = cached_objects(seeds, args.data_cache, workers=args.workers, views=args.views)
-    print(f"{len(data)} objects ready in {time.time() - start:.1f} s", flush=True)
-    def freeze_autoencoders() -> None:
-        for n in VAE_NETS:
-            nets[n].eval().requires_grad_(False)
+    @property
+    def ckpt(self) -> Path:
+        return Path(self.config.work) / "ckpt"
 
-    def rescale() -> None:
-        state["structure_latent_scale"] = rescale_structure_latent(nets, data[:256], dev)
-        print("structure latent rescaled by", state["structure_latent_scale"], flush=True)
+    def autocast(self):
+        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.config.bf16)
 
-    if args.structure_only:
-        freeze_autoencoders()
-        if "structure_latent_scale" not in state:
-            rescale()
-        train_structure_flow(args, nets, ema, state, data, dev, deadline=start + args.minutes * 60)
-        save_checkpoint(nets, ema, state, ckpt)
-        print(f"saved {ckpt}: {state['steps']}", flush=True)
-        if args.export:
-            print("exported", export_model(nets, ema, state, Path(args.export)), flush=True)
-        return
-    phase_budget = {"vae": args.total_minutes * 60 * args.vae_share,
-                    "flow": args.total_minutes * 60 * (1 - args.vae_share)}
+    # ------------------------------------------------------------------ losses of a batch
+    def autoencoder_losses(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
+        return vae_losses(self.nets, [self.data[i] for i in idx[:self.config.vae_batch]], self.device)
 
-    def chunk_left() -> bool:  # the chunk's wall time counts from the start, data building included
-        return time.time() - start < args.minutes * 60
+    def flow_losses(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
+        """The structure flow on all objects ``idx``; the latent flow, whose sparse attention
+        dominates a step, on the first ``flow_batch``."""
+        n_slat = self.config.flow_batch
+        x0_ss, tokens, x0_slat = self.flow_data.batch(idx, self.rng, n_slat)
+        cond = condition_dropout(tokens)
+        t = sample_times(len(idx), self.device)
+        out = {}
+        with self.autocast(), dense_convolutions(self.nets["slat_flow"], self.config.dense_conv):
+            if "ss" in self.config.flow_names:
+                out["ss_flow"] = structure_flow_loss(self.nets["ss_flow"], x0_ss, t, cond)
+            if "slat" in self.config.flow_names:
+                out["slat_flow"] = latent_flow_loss(self.nets["slat_flow"], x0_slat, t[:n_slat], cond[:n_slat])
+        return out
 
-    saver = {"last": start}
-
-    def run_phase(phase: str, names, batch_size: int, losses_of, keep_going) -> None:
-        """Optimise ``names`` on ``losses_of(object indices)`` while ``keep_going()``; log, checkpoint.
-
-        Parameters and optimiser in float32 (TF32 matmuls); ``losses_of`` may autocast (the flow
-        phase does, to bf16). Gradients are clipped per network, so that no network's large
-        gradients set the step size of another's.
-        """
-        groups = [list(nets[n].parameters()) for n in names]
-        opt = torch.optim.AdamW([p for g in groups for p in g], lr=args.lr, weight_decay=0.0)
-        local = 0
-        while keep_going():
-            t0 = time.time()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(local, state["seconds"][phase] / phase_budget[phase], args.lr)
-            losses = losses_of(rng.integers(len(data), size=batch_size))
+    # ------------------------------------------------------------------ one step, both phases
+    def step(self, phase: str, opt: torch.optim.Optimizer, groups: List[list], losses_of: Callable,
+             lr: float) -> Dict[str, float]:
+        """Losses of a random batch, backward, gradients clipped per network, the optimiser, the EMA."""
+        t0 = time.time()
+        batch = max(self.config.flow_batch, self.config.ss_batch) if phase == "flow" else self.config.vae_batch
+        with torch.enable_grad():
+            losses = losses_of(self.rng.integers(len(self.data), size=batch))
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
-            for g in groups:
-                torch.nn.utils.clip_grad_norm_(g, 1.0)
-            opt.step()
-            if phase == "flow":
-                ema_update(ema, nets, state["steps"]["flow"])
+        for g in groups:
+            torch.nn.utils.clip_grad_norm_(g, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        if phase == "flow":
+            ema_update(self.ema, self.nets, self.state.steps["flow"], names=self._trained_flows())
+        self.state.steps[phase] += 1
+        self.state.seconds[phase] += time.time() - t0
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _trained_flows(self) -> List[str]:
+        return [f"{n}_flow" for n in self.config.flow_names]
+
+    def run_phase(self, phase: str, names, losses_of: Callable, keep_going: Callable[[], bool]) -> None:
+        """Optimise ``names`` with :meth:`step` while ``keep_going()``; log and checkpoint."""
+        groups = [list(self.nets[n].parameters()) for n in names]
+        opt = torch.optim.AdamW([p for g in groups for p in g], lr=self.config.lr, weight_decay=0.0)
+        budget = self.phase_budget(phase)
+        local = 0
+        while keep_going():
+            losses = self.step(phase, opt, groups, losses_of,
+                               lr_at(local, self.state.seconds[phase] / budget, self.config.lr))
             local += 1
-            if local <= 3:
-                print(f"{phase} step time {time.time() - t0:.2f} s", flush=True)
-            state["steps"][phase] += 1
-            state["seconds"][phase] += time.time() - t0
-            if state["steps"][phase] % 50 == 0:
-                msg = {k: round(float(v.detach()), 4) for k, v in losses.items()}
-                rate = state["seconds"][phase] / state["steps"][phase]
-                print(f"{phase} step {state['steps'][phase]} ({rate:.3f} s/step): {msg}", flush=True)
-                state["log"].append({"phase": phase, "step": state["steps"][phase], **msg})
-            if time.time() - saver["last"] > 180:
-                save_checkpoint(nets, ema, state, ckpt)
-                saver["last"] = time.time()
+            steps = self.state.steps[phase]
+            if steps % 50 == 0 or local <= 2:
+                row = {"phase": phase, "step": steps, "s_per_step": round(self.state.seconds[phase] / steps, 3),
+                       **{k: round(v, 4) for k, v in losses.items()}}
+                print(row, flush=True)
+                if steps % 50 == 0:
+                    self.state.log.append(row)
+            if time.time() - self._saved > 180:
+                self.save()
 
-    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=args.flow_bf16)
+    def phase_budget(self, phase: str) -> float:
+        share = self.config.vae_share if phase == "vae" else 1 - self.config.vae_share
+        return max(self.config.total_minutes * 60 * share, 1.0)
 
-    # ---------------------------------------------------------------- phase 1: autoencoders
-    def vae_phase_losses(idx):
-        """The autoencoders on the first ``--vae-batch`` objects; meanwhile the condition encoder
-        learns coarse shape through the structure probe on all ``--probe-batch``."""
-        samples = [data[i] for i in idx]
-        losses = vae_losses(nets, samples[:args.vae_batch], dev)
-        with autocast:
-            tokens = nets["encoder"](images(samples, rng, dev))
-            losses["probe"] = probe_loss(nets["probe"], tokens, coarse_occupancy(occupancy(samples, dev)))
-        return losses
+    def chunk_left(self) -> bool:
+        return time.time() - self._started < self.config.minutes * 60
 
-    vae_steps = state["steps"]["vae"]
-    run_phase("vae", VAE_NETS + ("encoder", "probe"), max(args.vae_batch, args.probe_batch), vae_phase_losses,
-              lambda: state["seconds"]["vae"] < phase_budget["vae"] and chunk_left())
-    if state["steps"]["vae"] != vae_steps:
-        state["slat_normalization"] = None  # the latents changed (a longer autoencoder phase on resume)
+    # ------------------------------------------------------------------ a chunk
+    def run(self) -> None:
+        cfg = self.config
+        Path(cfg.work).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.work) / "train_config.json")
+        if (self.ckpt / "state.json").is_file():
+            self.load()
+            print(f"resumed from {self.ckpt}: {self.state.steps}", flush=True)
+        if cfg.minutes <= 0:
+            if cfg.export:
+                print("exported", self.export(Path(cfg.export)), flush=True)
+            return
+        seeds = list(range(cfg.seed_base, cfg.seed_base + cfg.objects))
+        self.data = cached_objects(seeds, cfg.data_cache, workers=cfg.workers, views=cfg.views,
+                                   render_size=cfg.render_size)
+        print(f"{len(self.data)} objects ready in {time.time() - self._started:.1f} s", flush=True)
 
-    # ---------------------------------------------------------------- normalisation of the latents
-    if state["seconds"]["vae"] >= phase_budget["vae"] and state["slat_normalization"] is None:
-        rescale()
-        with torch.no_grad():
-            feats = []
-            for i in range(0, min(len(data), 256), 16):
-                batch = data[i:i + 16]
-                x = sparse_batch(batch, [np.concatenate([s.color, s.normal], 1) for s in batch], dev)
-                feats.append(nets["slat_encoder"](x, sample_posterior=False).feats.float())
-            f = torch.cat(feats)
-            state["slat_normalization"] = {"mean": f.mean(0).tolist(), "std": f.std(0).clamp(min=1e-3).tolist()}
-        print("latent normalisation", state["slat_normalization"], flush=True)
+        # phase 1: the autoencoders
+        vae_steps = self.state.steps["vae"]
+        self.run_phase("vae", VAE_NETS, self.autoencoder_losses,
+                       lambda: self.state.seconds["vae"] < self.phase_budget("vae") and self.chunk_left())
+        if self.state.steps["vae"] != vae_steps:
+            self.state.slat_normalization = None  # the latents changed
+        if self.state.seconds["vae"] >= self.phase_budget("vae") and self.state.slat_normalization is None:
+            self.state.structure_latent_scale = rescale_structure_latent(self.nets, self.data[:256], self.device)
+            self.state.slat_normalization = latent_normalization(self.nets, self.data[:256], self.device)
+            print("structure latent rescaled by", self.state.structure_latent_scale, flush=True)
 
-    # ---------------------------------------------------------------- phase 2: flows
-    if state["slat_normalization"] is not None and chunk_left():
-        freeze_autoencoders()
-        norm = [torch.tensor(state["slat_normalization"][k], device=dev) for k in ("mean", "std")]
-        t0 = time.time()
-        flow_data = FlowData(nets, data, norm, dev)
-        print(f"latents of {len(flow_data)} objects in {time.time() - t0:.1f} s", flush=True)
+        # phase 2: the flows, on frozen autoencoders and frozen tokens
+        if self.state.slat_normalization is not None and self.chunk_left():
+            for n in VAE_NETS:
+                self.nets[n].eval().requires_grad_(False)
+            norm = [torch.tensor(self.state.slat_normalization[k], device=self.device) for k in ("mean", "std")]
+            t0 = time.time()
+            self.flow_data = FlowData(self.nets, self.encoder, self.data, norm, self.device)
+            print(f"latents and tokens of {len(self.flow_data)} objects in {time.time() - t0:.1f} s", flush=True)
+            self.run_phase("flow", self._trained_flows(), self.flow_losses, self.chunk_left)
+        self.save()
+        print(f"saved {self.ckpt}: {self.state.steps}, seconds {self.state.seconds}", flush=True)
+        if cfg.export and self.state.slat_normalization is not None:
+            print("exported", self.export(Path(cfg.export)), flush=True)
 
-        def losses_of(idx):
-            with autocast:  # mostly for the attention kernels, which dominate a float32 flow step
-                return flow_losses(nets, flow_data, idx, rng, n_slat=args.flow_batch)
+    # ------------------------------------------------------------------ checkpoints and export
+    def save(self) -> None:
+        """Networks and the flows' EMA in fp16 (small enough to travel between chunks) and the state."""
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
+        for group, modules in groups.items():
+            tensors = {f"{n}.{k}": v.half() for n, m in modules.items() for k, v in m.state_dict().items()}
+            write_safetensors(self.ckpt / f"{group}.safetensors", tensors)
+        write_json(self.ckpt / "state.json", asdict(self.state))
+        self._saved = time.time()
 
-        run_phase("flow", FLOW_NETS + ("probe",), max(args.flow_batch, args.ss_batch), losses_of, chunk_left)
-    save_checkpoint(nets, ema, state, ckpt)
-    print(f"saved {ckpt}: {state['steps']}, seconds {state['seconds']}", flush=True)
-    if args.export and state["slat_normalization"] is not None:
-        print("exported", export_model(nets, ema, state, Path(args.export)), flush=True)
+    def load(self) -> None:
+        """Resume from the checkpoint. Without ``ema.safetensors`` (left behind to carry a smaller
+        checkpoint), the moving averages restart from the loaded weights."""
+        state = TrainState(**read_json(self.ckpt / "state.json"))
+        if state.architecture != self.arch.name:
+            raise ValueError(f"{self.ckpt} holds a {state.architecture!r} model, not {self.arch.name!r}")
+        if state.encoder != self.state.encoder:
+            raise ValueError(f"{self.ckpt} was trained with another condition encoder ({state.encoder}); "
+                             f"{self.config.encoder} is {self.state.encoder}")
+        groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
+        if not (self.ckpt / "ema.safetensors").is_file():
+            del groups["ema"]
+        for group, modules in groups.items():
+            tensors = read_safetensors(self.ckpt / f"{group}.safetensors")
+            for n, m in modules.items():
+                prefix = n + "."
+                m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if "ema" not in groups:
+            for n, m in self.ema.items():
+                m.load_state_dict(self.nets[n].state_dict())
+        self.state = state
+
+    def description(self) -> str:
+        encoder = Path(self.config.encoder)
+        about = read_json(encoder.with_name(encoder.name + ".pretrain.json")) if encoder.with_name(
+            encoder.name + ".pretrain.json").is_file() else None
+        enc = (f"a condition encoder pre-trained on {about['views']} renders of {about['objects']} procedural objects "
+               f"(seeds {about['seeds']}) to expose {', '.join(about['targets'])} per patch, frozen"
+               if about else "a frozen pre-trained condition encoder")
+        s = self.state
+        return (f"small TRELLIS-architecture model trained by fuse3d on procedural part-labelled objects "
+                f"({s.objects} objects, {s.steps['vae']} autoencoder + {s.steps['flow']} flow steps) with {enc}; "
+                "it knows only such objects (docs/evaluation.md)")
+
+    def export(self, out: Path) -> Path:
+        """Write the trained networks as a TRELLIS-format folder (blocks in fp16, as published); the
+        flows are their exponential moving averages, the encoder is the frozen pre-trained one."""
+        final = {**self.nets, **self.ema}
+        networks = {net.key: (final[n], self.arch.ckpt(n), net.cls, net.args)
+                    for n, net in self.arch.exported().items() if n in final}  # e.g. no radiance-field decoder
+        params = {"steps": 12, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
+        sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": SIGMA_MIN}}
+        encoder = copy.deepcopy(self.encoder).eval().half()  # stored in fp16 (loaded back as fp32 on CPU)
+        return write_pipeline(
+            out, networks, (encoder, self.arch.ckpt("image_cond_model")),
+            ss_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
+            slat_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
+            slat_normalization=self.state.slat_normalization,
+            fuse3d_meta={"model_name": SMALL_MODEL_NAME if self.arch.name == "small" else f"fuse3d-{self.arch.name}",
+                         "description": self.description()},
+        )
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", required=True, help="working folder (checkpoints in WORK/ckpt)")
-    ap.add_argument("--minutes", type=float, default=9.2,
-                    help="wall time of this chunk, building the data included (0: only --export)")
-    ap.add_argument("--total-minutes", type=float, default=23.0, help="planned training time over all chunks")
-    ap.add_argument("--vae-share", type=float, default=0.35, help="share of the total spent on the autoencoders")
-    ap.add_argument("--objects", type=int, default=3600)
-    ap.add_argument("--views", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--seed-base", type=int, default=100000, help="first object seed (evaluation uses others)")
-    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--data-cache", default=None, help="folder to keep the built objects in between chunks")
-    ap.add_argument("--vae-batch", type=int, default=4)
-    ap.add_argument("--flow-batch", type=int, default=24, help="latent-flow batch")
-    ap.add_argument("--ss-batch", type=int, default=96,
-                    help="structure-flow batch (its steps are cheap next to the latent flow's)")
-    ap.add_argument("--probe-batch", type=int, default=32,
-                    help="condition images per autoencoder step for the structure probe (encoder pre-training)")
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--structure-only", action="store_true",
-                    help="train only the structure flow, on the frozen condition encoder's tokens (CPU-friendly)")
-    ap.add_argument("--flow-bf16", action=argparse.BooleanOptionalAction, default=True,
-                    help="bfloat16 autocast for the condition encoder and the flows (sparse convolutions stay float32)")
-    ap.add_argument("--export", default=None, help="write the TRELLIS-format model folder here at the end")
-    train(ap.parse_args(argv))
+    Trainer(parse(TrainConfig, argv, __doc__)).run()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__ = [
     "SparseTensor",
     "SparseLinear",
     "SparseConv3d",
+    "dense_convolutions",
     "SparseDownsample",
     "SparseUpsample",
     "SparseSubdivide",
@@ -304,6 +305,7 @@ class SparseConv3d(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.conv = _ConvParams(in_channels, out_channels, kernel_size, bias)
+        self.dense = False  # see dense_convolutions()
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         w = self.conv.weight
@@ -311,6 +313,8 @@ class SparseConv3d(nn.Module):
         if self.kernel_size == 1:
             out = F.linear(feats, w.reshape(self.out_channels, self.in_channels), self.conv.bias)
             return x.replace(out)
+        if self.dense:
+            return self._dense_forward(x)
         k3 = self.kernel_size**3
         if torch.is_autocast_enabled(feats.device.type):  # the custom backward wants one dtype throughout
             with torch.autocast(feats.device.type, enabled=False):
@@ -320,6 +324,42 @@ class SparseConv3d(nn.Module):
         weight = w.reshape(self.out_channels, k3 * self.in_channels)
         return x.replace(_SubmanifoldConv.apply(feats, weight.to(feats.dtype),
                                                 None if self.conv.bias is None else self.conv.bias.to(feats.dtype), gather))
+
+
+    def _dense_forward(self, x: SparseTensor) -> SparseTensor:
+        """The same submanifold convolution through a dense grid: scatter the active voxels into
+        zeros, ``F.conv3d``, read the active voxels back. Exact (inactive voxels are zeros either
+        way); faster to train where the grid is small and the batch large, at the grid's memory."""
+        r, feats = self.kernel_size // 2, x.feats
+        extent = x.cache("dense_extent", lambda: int(x.coords[:, 1:].max().item()) + 1)
+        flat = x.cache("dense_index", lambda: ((x.coords[:, 0].long() * extent + x.coords[:, 1].long()) * extent
+                                                + x.coords[:, 2].long()) * extent + x.coords[:, 3].long())
+        b, c = x.batch_size, feats.shape[1]
+        grid = feats.new_zeros(b * extent ** 3, c).index_copy(0, flat, feats)
+        grid = grid.view(b, extent, extent, extent, c).permute(0, 4, 1, 2, 3)
+        weight = self.conv.weight.permute(0, 4, 1, 2, 3).to(grid.dtype)      # [out, in, kx, ky, kz]
+        bias = None if self.conv.bias is None else self.conv.bias.to(grid.dtype)
+        out = F.conv3d(grid, weight, bias, padding=r)
+        return x.replace(out.permute(0, 2, 3, 4, 1).reshape(-1, self.out_channels).index_select(0, flat))
+
+
+class dense_convolutions:
+    """``with dense_convolutions(model):`` runs every 3×3×3 :class:`SparseConv3d` of ``model`` through
+    a dense grid (:meth:`SparseConv3d._dense_forward`), a training-only path; restored on exit."""
+
+    def __init__(self, model: nn.Module, enabled: bool = True):
+        self.convs = [m for m in model.modules() if isinstance(m, SparseConv3d)]
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.before = [m.dense for m in self.convs]
+        for m in self.convs:
+            m.dense = self.enabled
+        return self
+
+    def __exit__(self, *exc):
+        for m, v in zip(self.convs, self.before):
+            m.dense = v
 
 
 def _gather_matmul(feats: torch.Tensor, gather: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
