@@ -5,10 +5,10 @@
 
 Measured in one run, each with its wall time and peak GPU memory:
   (a) one plain single-image TRELLIS generation: structure sampling + latent sampling + mesh decoder network;
-  (b) Fuse3D with 1, 2, 3 local images, schedules ``separate`` and ``shared``: capture, alignment,
+  (b) Fuse3D with 1, 2, 3 local images, capture strategies ``separate`` and ``shared``: capture, alignment,
       reverse alignment, final sampling, mesh decoder network (+ the same structure sampling as (a));
   (c) a retune after a λ change with a warm cache (final sampling + mesh decoder network);
-  (d) the published-style schedule: K+2 sequential samplings with explicit attention in every block,
+  (d) the published-style strategy: K+2 sequential samplings with explicit attention in every block,
       full softmax maps (over tokens and over cells) accumulated in every block as the published code
       does, and a dense enhancement matrix in the final run.
 The latent stages run on a fixed spherical shell of ~20k voxels at 64³ so that every scenario has the
@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from fuse3d import Fuse3D  # noqa: E402
 from fuse3d.cache import Cache  # noqa: E402
-from fuse3d.method.processors import CallTracker  # noqa: E402
+from fuse3d.trellis.sampler import CallTracker  # noqa: E402
 from fuse3d.spec import example_spec, load_spec  # noqa: E402
 from bench_trellis_forward import full_size  # noqa: E402
-from fuse3d.testing import shell_structure  # noqa: E402
+from fuse3d.tiny_model import shell_structure  # noqa: E402
 from fuse3d.trellis.attention import use_attn_processors  # noqa: E402
 from fuse3d.trellis.dinov2 import DinoV2Encoder  # noqa: E402
 from fuse3d.trellis.pipeline import TrellisPipeline, load_pipeline  # noqa: E402
@@ -166,23 +166,23 @@ def main():
     Mesh.from_decoder_output(trellis.slat_decoder_mesh, mesh_feats.to("cpu"), fill_interior=True)
     results["marching_cubes_cpu_s"] = round(time.perf_counter() - t0, 2)
 
-    for schedule in ("separate", "shared"):
+    for strategy in ("separate", "shared"):
         for k in [int(x) for x in args.locals.split(",")]:
             fuse = Fuse3D(trellis, Cache(), progress=False)
             with Timer(dev) as t:
                 trellis.sample_structure(g_tokens, seed=0, progress=False)
-                run = fuse.run(spec.global_condition, spec.local_conditions[:k], structure=coords.cpu(), schedule=schedule)
+                run = fuse.run(spec.global_condition, spec.local_conditions[:k], structure=coords.cpu(), capture_strategy=strategy)
                 trellis.decode(run.final.to(dev), ["mesh"])
             stages = {name: round(v, 2) for name, v in run.timings().items() if v >= 0.01}
-            record(f"(b) Fuse3D {k} local(s), {schedule}", t, ratio_to_a=round(t.seconds / base, 2), stages=stages)
+            record(f"(b) Fuse3D {k} local(s), {strategy}", t, ratio_to_a=round(t.seconds / base, 2), stages=stages)
             print("      stages:", stages, flush=True)
             if k == 3:
                 for backend in ("flex", "regions"):
                     with Timer(dev) as tc:
                         retuned = run.retune(strength=2.5, enhancement_backend=backend)
                         trellis.decode(retuned.final.to(dev), ["mesh"])
-                    record(f"(c) retune λ, warm cache, {schedule}, {backend}", tc, ratio_to_a=round(tc.seconds / base, 2))
-                if schedule == "separate":
+                    record(f"(c) retune λ, warm cache, {strategy}, {backend}", tc, ratio_to_a=round(tc.seconds / base, 2))
+                if strategy == "separate":
                     sep3 = t.seconds
                     sep_run = run
                 else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuse3d.testing import randomize_, shell_structure  # noqa: E402
+from fuse3d.tiny_model import randomize_, shell_structure  # noqa: E402
 from fuse3d.trellis import SparseTensor, build  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference" / "trellis_image_large_manifest.json"

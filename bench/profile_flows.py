@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_trellis_forward import full_size  # noqa: E402
-from fuse3d.testing import shell_structure  # noqa: E402
+from fuse3d.tiny_model import shell_structure  # noqa: E402
 from fuse3d.trellis import SparseTensor  # noqa: E402
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fuse3d.models import default_model_path
+from fuse3d.bundled import default_model_path
 from fuse3d.train import train as T
 from fuse3d.train.data import make_objects
 from fuse3d.trellis.architectures import SMALL, Architecture, Network

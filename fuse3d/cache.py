@@ -27,6 +27,8 @@ from typing import Callable, Dict, Iterable, Optional, Union
 
 import torch
 
+from .trellis.storage import atomic_write
+
 __all__ = ["Cache", "CacheError", "CacheWarning", "Entry", "stage_key"]
 
 
@@ -209,21 +211,10 @@ class Cache:
         md = {"key": key, "stage": stage, "checksum": checksum(entry.tensors), "meta": json.dumps(entry.meta),
               "format": "fuse3d-cache-1"}
         data = save(entry.tensors, metadata=md)
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
+            atomic_write(path, data)  # also on KeyboardInterrupt: never a partial file
         except OSError as e:
             self._write_failed(path, e)
-        finally:  # also on KeyboardInterrupt: never leave a partial file behind
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
 
     # ------------------------------------------------------------------ compute-through
     def fetch(self, stage: str, key: str, compute: Callable[[], Entry]) -> Entry:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 
 def _cmd_write_tiny_model(args) -> int:
-    from .testing import TINY_MODEL_NAME, write_tiny_model
+    from .tiny_model import TINY_MODEL_NAME, write_tiny_model
 
     path = write_tiny_model(args.path, seed=args.seed)
     print(f"wrote {TINY_MODEL_NAME} (random weights, outputs are meaningless) to {path}")

@@ -73,8 +73,9 @@ class Fuse3DParams:
         capture_blocks, capture_steps: which blocks / sampler steps to average (``None``: all).
         capture_detail: keep per-block and per-step score maps for drill-down views.
         capture_batch: most capture samplings run as one batch (``None``: all, halved on out-of-memory).
-        schedule: ``"separate"`` (one capture sampling per local image plus one for the reverse alignment)
-            or ``"shared"`` (one sampling with the global image, local keys scored against its queries).
+        capture_strategy: ``"separate"`` (one capture sampling per local image plus one for the reverse
+            alignment) or ``"shared"`` (one sampling with the global image, local keys scored against
+            its queries). ``schedule`` is its former name, accepted with a ``DeprecationWarning``.
     Forward alignment
         heads: 0-based heads averaged (paper's 1, 5, 13 → ``(0, 4, 12)``); threshold on min–max scores.
         refine: run the kNN majority vote; refine_k, refine_fill, refine_clear, refine_ties: its settings.
@@ -101,7 +102,7 @@ class Fuse3DParams:
     capture_steps: Optional[Tuple[int, ...]] = None
     capture_detail: bool = True
     capture_batch: Optional[int] = None
-    schedule: str = "separate"
+    capture_strategy: str = "separate"
     heads: Tuple[int, ...] = DEFAULT_HEADS
     threshold: float = DEFAULT_THRESHOLD
     refine: bool = True
@@ -129,6 +130,14 @@ class Fuse3DParams:
         return tuple(f.name for f in fields(cls))
 
     def updated(self, **changes) -> "Fuse3DParams":
+        if "schedule" in changes:
+            import warnings
+
+            warnings.warn("the Fuse3D parameter 'schedule' is now 'capture_strategy'; 'schedule' will be removed",
+                          DeprecationWarning, stacklevel=3)
+            if "capture_strategy" in changes:
+                raise TypeError("give capture_strategy or its old name schedule, not both")
+            changes["capture_strategy"] = changes.pop("schedule")
         unknown = sorted(set(changes) - set(self.names()))
         if unknown:
             raise TypeError(f"unknown Fuse3D parameter(s) {unknown}; known: {', '.join(self.names())}")
@@ -165,7 +174,7 @@ class Fuse3DParams:
         if self.global_lambda is not None:
             check_lambda(self.global_lambda, "global λ")
         choices = {"fusion": ("mcfm", "crop"), "capture_tokens": ("full", "foreground"),
-                   "schedule": ("separate", "shared"), "lambda_mode": LAMBDA_MODES,
+                   "capture_strategy": ("separate", "shared"), "lambda_mode": LAMBDA_MODES,
                    "enhancement_backend": ("auto", "explicit", "flex", "regions")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

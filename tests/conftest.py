@@ -1,8 +1,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 
@@ -23,7 +25,7 @@ def load_reference(name: str):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from fuse3d.testing import write_tiny_model
+    from fuse3d.tiny_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
@@ -48,3 +50,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def rgba(color, box, size=(160, 160)) -> Image.Image:
+    """An RGBA test image: a coloured box on transparent black."""
+    a = np.zeros((size[1], size[0], 4), np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1, :3] = color
+    a[y0:y1, x0:x1, 3] = 255
+    return Image.fromarray(a)
+
+
+def two_locals():
+    """``(global, [top, bottom])``: the pipeline tests' conditions (a mask and a box region)."""
+    from fuse3d import Condition
+
+    g = Condition(rgba((200, 60, 60), (30, 30, 130, 130)), name="global")
+    top = np.zeros((160, 160), bool)
+    top[20:60, 20:140] = True
+    l1 = Condition(rgba((60, 200, 60), (20, 20, 140, 140)), top, name="top")
+    l2 = Condition.from_box(rgba((60, 60, 200), (40, 10, 120, 150)), (40, 100, 120, 150), name="bottom")
+    return g, [l1, l2]
+
+
+@pytest.fixture(scope="session")
+def conditions():
+    return two_locals()

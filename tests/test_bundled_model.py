@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from fuse3d.models import BUNDLED, SMALL_MODEL_NAME, default_model_path
+from fuse3d.bundled import BUNDLED, SMALL_MODEL_NAME, default_model_path
 from fuse3d.pipeline import Fuse3D
-from fuse3d.train.evaluate import _Example, voxel_f_score
+from fuse3d.data import ExampleSet
+from fuse3d.metrics import voxel_f_score
 from fuse3d.trellis import load_pipeline
 from viz.examples import demo_structure, load_example
 from viz.style import is_random_model, is_small_model, is_toy_model, model_label
@@ -35,10 +36,10 @@ def test_labels_and_demo_structure_say_what_the_small_model_is(small):
 def _structure_f_score(pipe, seeds) -> float:
     scores = []
     for seed in seeds:
-        ex = _Example(seed)
+        ex = ExampleSet.from_seed(seed)
         cond = pipe.trellis.encode_images([ex.global_condition.image])
         pred = pipe.trellis.sample_structure(cond, seed=0, progress=False)[:, 1:].numpy()
-        scores.append(voxel_f_score(pred, ex.coords)["f_score"])
+        scores.append(voxel_f_score(pred, ex.voxels.coords[:, 1:])["f_score"])
     return float(np.mean(scores))
 
 

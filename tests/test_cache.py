@@ -6,42 +6,28 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from fuse3d import Condition, Fuse3D
+from fuse3d import Fuse3D
 from fuse3d.cache import Cache, CacheError, CacheWarning, Entry
 
 FAST = dict(structure_steps=2, latent_steps=2)
 
 
-def rgba(color, box, size=(160, 160)):
-    a = np.zeros((size[1], size[0], 4), np.uint8)
-    x0, y0, x1, y1 = box
-    a[y0:y1, x0:x1, :3] = color
-    a[y0:y1, x0:x1, 3] = 255
-    return Image.fromarray(a)
 
-
-@pytest.fixture(scope="module")
-def conditions():
-    g = Condition(rgba((200, 60, 60), (30, 30, 130, 130)), name="global")
-    local = Condition.from_box(rgba((60, 60, 200), (40, 10, 120, 150)), (40, 100, 120, 150), name="bottom")
-    return g, [local]
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, conditions):
     """The final latent of a memory-only run: what every run below must reproduce."""
     pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
-    return pipe.run(conditions[0], conditions[1], seed=3, **FAST).final.feats.clone()
+    return pipe.run(conditions[0], conditions[1][1:], seed=3, **FAST).final.feats.clone()
 
 
 def run_with(tiny_model_dir, conditions, cache_dir):
     pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False, cache_dir=cache_dir)
-    return pipe, pipe.run(conditions[0], conditions[1], seed=3, **FAST)
+    return pipe, pipe.run(conditions[0], conditions[1][1:], seed=3, **FAST)
 
 
 def consistent(root):
@@ -134,7 +120,7 @@ def test_keyboard_interrupt_mid_run_leaves_the_cache_consistent(tiny_model_dir, 
 
     monkeypatch.setattr(flow, "forward", interrupt_later)
     with pytest.raises(KeyboardInterrupt):
-        pipe.run(conditions[0], conditions[1], seed=3, **FAST)
+        pipe.run(conditions[0], conditions[1][1:], seed=3, **FAST)
     stored = consistent(tmp_path / "k")
     assert stored >= 2
     monkeypatch.setattr(flow, "forward", real)
@@ -148,12 +134,12 @@ import sys, json, numpy as np, torch
 from PIL import Image
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
-from test_cache import rgba, FAST
-from fuse3d import Condition, Fuse3D
-g = Condition(rgba((200, 60, 60), (30, 30, 130, 130)), name="global")
-local = Condition.from_box(rgba((60, 60, 200), (40, 10, 120, 150)), (40, 100, 120, 150), name="bottom")
+from conftest import two_locals
+from test_cache import FAST
+from fuse3d import Fuse3D
+g, locals_ = two_locals()
 pipe = Fuse3D.from_pretrained({model!r}, device="cpu", progress=False, cache_dir={cache!r})
-run = pipe.run(g, [local], seed=3, **FAST)
+run = pipe.run(g, locals_[1:], seed=3, **FAST)
 save_file({{"final": run.final.feats.contiguous()}}, sys.argv[1])
 print(json.dumps(pipe.cache.stats))
 """

@@ -23,7 +23,7 @@ from fuse3d.data import (
     save_example_set,
     voxelize,
 )
-from fuse3d.data.procedural import _srgb_to_lab
+from fuse3d.data.colors import _srgb_to_lab
 
 SEEDS = (0, 1, 2)
 

@@ -3,13 +3,7 @@ import math
 import pytest
 import torch
 
-from fuse3d.method.enhancement import (
-    enhanced_attention,
-    enhancement_tables,
-    global_lambda,
-    identity_tables,
-    region_lambdas,
-)
+from fuse3d.method.enhancement import enhancement_tables, global_lambda, identity_tables, region_lambdas, run_lambdas
 
 
 def test_lambda_modes():
@@ -49,33 +43,11 @@ def test_tables_define_E_without_storing_it():
         enhancement_tables(aligned, unaligned, token_region, [1.0, float("nan"), 1.0])
 
 
-def test_explicit_enhancement_equals_dense_reference():
-    torch.manual_seed(0)
-    cells, tokens, heads, d = 37, 11, 4, 8
-    q, k, v = torch.randn(2, cells, heads, d), torch.randn(2, tokens, heads, d), torch.randn(2, tokens, heads, d)
-    aligned = [torch.rand(cells) > 0.5, torch.rand(cells) > 0.7]
-    unaligned = ~(aligned[0] | aligned[1])
-    region = torch.tensor([0] * 4 + [1] * 3 + [2] * 4)
-    tables = enhancement_tables(aligned, unaligned, region, [1.7, 4.0, 0.5])
-    E = tables.dense()
-    scale = d ** -0.5
-    logits = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale * E
-    ref = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v)
-    out = enhanced_attention(q, k, v, scale, tables, chunk=5)  # several chunks
-    assert (out - ref).abs().max() < 1e-5
-    # with E = 1 it is plain attention
-    plain = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-    assert (enhanced_attention(q, k, v, scale, identity_tables(cells, region)) - plain).abs().max() < 1e-5
+def test_run_lambdas_add_the_global_region_unless_inpainting():
+    local = region_lambdas(1.0, "share", [20, 40], [100, 100], 1369)
+    assert run_lambdas(1.0, "share", [20, 40], [100, 100], 1369, global_selected=300) == local + [
+        global_lambda(1.0, "share", 300, 1369)]
+    assert run_lambdas(1.0, "share", [20, 40], [100, 100], 1369, with_global=False) == local
+    assert run_lambdas(1.0, "share", [20], [100], 1369, reverse_alignment=False)[-1] == 1.0
+    assert run_lambdas(1.0, "share", [20], [100], 1369, explicit=[7.0], explicit_global=2.0) == [7.0, 2.0]
 
-
-def test_region_split_attention_is_exact():
-    from fuse3d.method.enhancement import region_split_attention
-
-    torch.manual_seed(1)
-    cells, heads, d = 29, 3, 8
-    region = torch.tensor([0] * 5 + [1] * 4 + [2] * 6)
-    q, k, v = torch.randn(2, cells, heads, d), torch.randn(2, 15, heads, d), torch.randn(2, 15, heads, d)
-    aligned = [torch.rand(cells) > 0.5, torch.rand(cells) > 0.5]  # overlapping regions too
-    tables = enhancement_tables(aligned, ~(aligned[0] | aligned[1]), region, [2.5, 0.5, 4.0])
-    ref = enhanced_attention(q, k, v, d ** -0.5, tables)
-    assert (region_split_attention(q, k, v, d ** -0.5, tables) - ref).abs().max() < 1e-5

@@ -4,44 +4,9 @@ import numpy as np
 import pytest
 
 from fuse3d import Condition, Fuse3D
-from fuse3d.assets.gaussians import Gaussians
 from fuse3d.data import make_example_set, voxelize
-from fuse3d.train.evaluate import (THRESHOLDS, alignment_table, evaluate_example, mean_iou, part_color_error,
-                                   summarize, tuning_grid, voxel_f_score, voxel_iou, voxel_rgb, write_result)
-
-
-def cube(offset=0, n=4):
-    g = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    return g + offset
-
-
-def test_voxel_iou_and_tolerant_f_score():
-    a = cube()
-    assert voxel_iou(a, a) == 1.0
-    shifted = cube(offset=np.array([1, 0, 0]))
-    assert voxel_iou(a, shifted) == pytest.approx(48 / 80)
-    far = cube(offset=np.array([10, 0, 0]))
-    assert voxel_iou(a, far) == 0.0
-    f = voxel_f_score(a, cube(offset=np.array([1, 1, 1])))  # one voxel off diagonally: all within tolerance
-    assert f == {"precision": 1.0, "recall": 1.0, "f_score": 1.0}
-    assert voxel_f_score(a, far)["f_score"] == 0.0
-    half = voxel_f_score(a[:32], a)  # predicted half of the cube: precise; recall counts the tolerance
-    assert half["precision"] == 1.0 and 0.5 < half["recall"] < 1.0
-
-
-def test_part_color_error_averages_parts_not_voxels():
-    rgb = np.zeros((4, 3))
-    target = np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0], [0, 0, 0]], float)
-    label = np.array([0, 1, 1, 1])
-    assert part_color_error(rgb, target, label) == pytest.approx(0.5)  # (1 + 0) / 2, not 1/4
-
-
-def test_voxel_rgb_groups_gaussians_voxel_by_voxel():
-    sh = np.zeros((6, 3), np.float32)
-    sh[3:] = 1.0  # voxel 1's three Gaussians
-    g = Gaussians(np.zeros((6, 3)), np.ones((6, 3)), np.tile([1, 0, 0, 0], (6, 1)), np.ones(6), sh)
-    rgb = voxel_rgb(g, 2)
-    assert rgb.shape == (2, 3) and np.allclose(rgb[0], 0.5) and (rgb[1] > 0.5).all()
+from fuse3d.metrics import alignment_table, mean_iou
+from fuse3d.train.evaluate import THRESHOLDS, evaluate_example, summarize, tuning_grid, write_result
 
 
 def rows(iou_by_setting, locals_=2):
@@ -134,10 +99,10 @@ def test_write_result_is_json_that_reads_back(tmp_path):
 def test_evaluation_masks_are_the_parts_bool_masks():
     """The evaluation builds each local condition from the part's bool mask (never a file), so the
     mask-file bug never reached its figures: each selects its part, not the whole object."""
-    from fuse3d.train.evaluate import _Example
+    from fuse3d.data import ExampleSet
 
-    ex = _Example(900002)
-    for cond, loc in zip(ex.local_conditions, ex.ex["locals"]):
+    ex, raw = ExampleSet.from_seed(900002), make_example_set(900002)
+    for cond, loc in zip(ex.local_conditions, raw["locals"]):
         assert loc["mask"].dtype == bool and np.array_equal(cond.mask, loc["mask"])
         prep = cond.prepare()
         assert 0 < prep.selected.sum() < prep.foreground.sum()

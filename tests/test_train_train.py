@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fuse3d.testing import randomize_
+from fuse3d.tiny_model import randomize_
 from fuse3d.train import train as T
 from fuse3d.train.config import parse
 from fuse3d.train.data import make_objects

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 
 from fuse3d.data import KINDS, random_object
-from fuse3d.data.procedural import _group
+from fuse3d.data import group_name
 from fuse3d.method.fusion import foreground_patches
 from fuse3d.train.views import (NUM_CLASSES, PART_CATEGORIES, load_views, object_views, part_category, save_views,
                                 surface_maps)
 
 
 def test_every_template_part_has_a_category():
-    groups = {_group(p.name) for k in KINDS for s in range(12) for p in random_object(s, kind=k).parts}
+    groups = {group_name(p.name) for k in KINDS for s in range(12) for p in random_object(s, kind=k).parts}
     assert groups <= set(PART_CATEGORIES)
     assert part_category("leg_3") == part_category("leg") == PART_CATEGORIES.index("leg") + 1
     with pytest.raises(KeyError, match="no category"):

@@ -50,7 +50,7 @@ def test_color_change():
 
 
 def test_untextured_mesh_is_a_closed_uncoloured_user_mesh():
-    obj = load_example("chair").object
+    obj = load_example("chair").spec
     mesh = untextured_mesh(obj, resolution=48, scale=3.0, offset=(1, 2, 3))
     assert mesh.is_watertight and mesh.volume > 0
     assert mesh.visual.kind is None

@@ -18,13 +18,9 @@ from .voxels import exposed_faces, rgb_strings, voxel_mesh
 
 
 def voxel_colors(gaussians, num_voxels: int) -> np.ndarray:
-    """``[N, 3]``: opacity-weighted mean RGB of each voxel's Gaussians (voxel-major, ``G`` per voxel)."""
-    if num_voxels <= 0 or len(gaussians) % num_voxels:
-        raise ValueError(f"{len(gaussians)} Gaussians do not split evenly over {num_voxels} voxels")
-    g = len(gaussians) // num_voxels
-    rgb = gaussians.rgb.reshape(num_voxels, g, 3)
-    w = gaussians.opacities.reshape(num_voxels, g, 1) + 1e-8
-    return ((rgb * w).sum(1) / w.sum(1)).astype(np.float32)
+    """``[N, 3]``: opacity-weighted mean RGB of each voxel's Gaussians (:meth:`fuse3d.assets.Gaussians.voxel_colors`,
+    the colours the evaluation scores)."""
+    return gaussians.voxel_colors(num_voxels)
 
 
 def asset_colors(run) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from fuse3d.train.evaluate import alignment_table, iou, mean_iou
+from fuse3d.metrics import alignment_table, iou, mean_iou
 
 from . import style
 

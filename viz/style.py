@@ -37,7 +37,7 @@ def local_color(k: int) -> str:
 
 def is_random_model(source) -> bool:
     """Whether a run or pipeline uses random weights (the bundled tiny model): outputs mean nothing."""
-    from fuse3d.testing import TINY_MODEL_NAME
+    from fuse3d.tiny_model import TINY_MODEL_NAME
 
     trellis = source.trellis
     return trellis.model_name == TINY_MODEL_NAME or "meaningless" in getattr(trellis, "description", "").lower()
@@ -45,7 +45,7 @@ def is_random_model(source) -> bool:
 
 def is_small_model(source) -> bool:
     """Whether a run or pipeline uses fuse3d's small model trained on procedural objects."""
-    from fuse3d.models import SMALL_MODEL_NAME
+    from fuse3d.bundled import SMALL_MODEL_NAME
 
     return source.trellis.model_name == SMALL_MODEL_NAME
 

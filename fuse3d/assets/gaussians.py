@@ -68,6 +68,15 @@ class Gaussians:
         """``[G, 3]`` float32 view-independent colour ``0.5 + C0·sh_dc``, clamped to ``[0, 1]``."""
         return np.clip(0.5 + SH_C0 * self.sh_dc, 0.0, 1.0)
 
+    def voxel_colors(self, num_voxels: int) -> np.ndarray:
+        """``[N, 3]``: the opacity-weighted mean colour of each voxel's Gaussians (the decoder emits
+        ``G`` per voxel, voxel-major). What the views draw and the evaluation scores."""
+        if num_voxels <= 0 or len(self) % num_voxels:
+            raise ValueError(f"{len(self)} Gaussians do not split evenly over {num_voxels} voxels")
+        g = len(self) // num_voxels
+        w = self.opacities.reshape(num_voxels, g, 1) + 1e-8
+        return ((self.rgb.reshape(num_voxels, g, 3) * w).sum(1) / w.sum(1)).astype(np.float32)
+
     @classmethod
     def from_decoder_output(cls, decoder, out: SparseTensor, batch: int = 0) -> "Gaussians":
         """Activate the Gaussians of batch element ``batch`` of ``decoder.decode_features(slat)``.

@@ -8,7 +8,7 @@ import numpy as np
 import trimesh
 from skimage.measure import marching_cubes
 
-from .procedural import ObjectSpec
+from .primitives import ObjectSpec
 
 
 def untextured_mesh(spec: ObjectSpec, resolution: int = 96, scale: float = 1.0,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -111,77 +111,17 @@ def identity_tables(num_cells: int, token_region: torch.Tensor) -> EnhancementTa
     return EnhancementTables(torch.zeros(num_cells, r, dtype=torch.bool), token_region.long().cpu(), torch.ones(r))
 
 
-def enhanced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, tables: EnhancementTables,
-                       chunk: int = 2048) -> torch.Tensor:
-    """Exact explicit attention with enhanced logits: ``softmax(E ⊙ (q·kᵀ·scale))·v``.
-
-    ``q [b, cells, H, D]``, ``k, v [b, tokens, H, D]`` → ``[b, cells, H, D]``; computed in float32
-    over chunks of cells so no ``[cells, tokens]`` matrix outlives a chunk.
-    """
-    out = torch.empty_like(q)
-    kf, vf = k.float(), v.float()
-    for start in range(0, q.shape[1], chunk):
-        sl = slice(start, start + chunk)
-        logits = torch.einsum("bqhd,bkhd->bhqk", q[:, sl].float(), kf) * scale
-        logits = logits * tables.factors(sl)[None, None]
-        out[:, sl] = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), vf).to(q.dtype)
+def run_lambdas(strength: float, mode: str, selected: Sequence[int], foreground: Sequence[int], total: int, *,
+                explicit: Optional[Sequence[float]] = None, explicit_global: Optional[float] = None,
+                global_selected: int = 0, with_global: bool = True, reverse_alignment: bool = True) -> List[float]:
+    """λ of every region of a run: the local images' (``explicit``, else :func:`region_lambdas`),
+    then — unless ``with_global`` is off (inpainting) — the global image's (``explicit_global``, else
+    :func:`global_lambda` of its ``global_selected`` = ``|D_g|`` patches; 1 without the reverse
+    alignment, whose ablation leaves the global image unenhanced)."""
+    out = list(explicit) if explicit is not None else region_lambdas(strength, mode, selected, foreground, total)
+    if with_global:
+        if explicit_global is not None:
+            out.append(explicit_global)
+        else:
+            out.append(global_lambda(strength, mode, max(global_selected, 1), total) if reverse_alignment else 1.0)
     return out
-
-
-def flex_score_mod(tables: EnhancementTables) -> Callable:
-    """A FlexAttention ``score_mod`` applying ``E`` (``score`` is already ``q·kᵀ·scale``)."""
-    cell_regions, token_region, lambdas = tables.cell_regions, tables.token_region, tables.lambdas
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        r = token_region[kv_idx]
-        return torch.where(cell_regions[q_idx, r], score * lambdas[r], score)
-
-    return score_mod
-
-
-def region_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                           tables: EnhancementTables, lse_attention=None, plan=None) -> torch.Tensor:
-    """Exact enhanced attention from one fused attention call per token region.
-
-    Within region ``r``'s tokens, ``E[i, j] = f_r[i]`` depends on the cell only (λ_r if cell i is in
-    region r, else 1), so ``E ⊙ (q_i·k_j·s) = (f_r[i]·q_i)·k_j·s``: attend with rescaled queries to
-    each region's keys, then merge the partial softmaxes by their log-sum-exps::
-
-        out = Σ_r exp(lse_r − logsumexp_r lse_r) · out_r
-
-    ``q [b, cells, H, D]``, ``k, v [b, tokens, H, D]``. ``lse_attention(q [H, L, D], k, scale, v)``
-    returns ``(lse [H, L], out [H, L, D])``; the default is
-    :func:`fuse3d.method.processors.attention_logsumexp` (a fused kernel on CUDA).
-    """
-    if lse_attention is None:
-        from .processors import attention_logsumexp as lse_attention
-    plan = plan or region_plan(tables, q.device, q.dtype)
-    out = torch.empty_like(q)
-    for b in range(q.shape[0]):
-        qh, kh, vh = q[b].transpose(0, 1), k[b].transpose(0, 1), v[b].transpose(0, 1)  # [H, L, D]
-        lses, outs = [], []
-        for cols, factor in plan:
-            lse_r, out_r = lse_attention(qh * factor, kh[:, cols], scale, vh[:, cols])
-            lses.append(lse_r)
-            outs.append(out_r.float())
-        lse = torch.stack(lses)  # [R, H, cells]
-        weights = torch.softmax(lse, dim=0)  # exp(lse_r − logsumexp_r lse_r)
-        merged = (weights[..., None] * torch.stack(outs)).sum(0)  # [H, cells, D]
-        out[b] = merged.transpose(0, 1).to(q.dtype)
-    return out
-
-
-def region_plan(tables: EnhancementTables, device, dtype) -> list:
-    """Per token region: its token columns (a slice when contiguous) and the per-cell query factor
-    ``[1, cells, 1]``. Computed once per sampling; reading the tables' sizes here is the only sync."""
-    region = tables.token_region.cpu()
-    plan = []
-    for r in range(tables.cell_regions.shape[1]):
-        cols = (region == r).nonzero().squeeze(1)
-        if len(cols) == 0:
-            continue
-        contiguous = bool((cols[1:] - cols[:-1] == 1).all())
-        index = slice(int(cols[0]), int(cols[-1]) + 1) if contiguous else cols.to(device)
-        factor = torch.where(tables.cell_regions[:, r].to(device), tables.lambdas[r].to(device), 1.0)
-        plan.append((index, factor.to(dtype)[None, :, None]))
-    return plan

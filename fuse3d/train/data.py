@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
@@ -18,8 +17,9 @@ import numpy as np
 from PIL import Image
 
 from ..data import fit_view, random_object, random_view, render, voxelize
-from ..data.procedural import ObjectSpec
+from ..data import ObjectSpec
 from ..trellis.preprocess import preprocess_image
+from ..trellis.storage import atomic_write
 from .views import FILL, RENDER_SIZE
 
 CORNERS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]])
@@ -49,18 +49,6 @@ class ObjectSample:
     fine_index: np.ndarray  # [F] int64 rows of the mesh decoder's output (voxel·64 + child)
     corner_sdf: np.ndarray  # [F, 8] float32 signed distance (world units, + outside)
     corner_color: np.ndarray  # [F, 8, 3] float32
-
-
-def part_colors(spec: ObjectSpec, points: np.ndarray) -> np.ndarray:
-    """Colour at points ``[..., 3]`` of the part each point belongs to (most-inside rule)."""
-    _, lab = spec.evaluate(points)
-    out = np.zeros(points.shape[:-1] + (3,), np.float32)
-    for k, part in enumerate(spec.parts):
-        m = lab == k
-        if m.any():
-            p = points[m]
-            out[m] = part.color_at(p[:, 0], p[:, 1], p[:, 2])
-    return out
 
 
 def normals(spec: ObjectSpec, points: np.ndarray, eps: float = 0.5 / 64) -> np.ndarray:
@@ -93,7 +81,7 @@ def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size
     corners = (fine[:, None, :] + CORNERS[None]) / 256.0 - 0.5  # [F, 8, 3] world positions
     sdf, _ = spec.evaluate(corners)
     return ObjectSample(seed, coords, vox.color.astype(np.float32), normals(spec, centres), vox.part.astype(np.int16),
-                        np.stack(images), fine_index, sdf.astype(np.float32), part_colors(spec, corners))
+                        np.stack(images), fine_index, sdf.astype(np.float32), spec.colors_at(corners))
 
 
 def make_objects(seeds: List[int], workers: int = 1, **kw) -> List[ObjectSample]:
@@ -112,14 +100,12 @@ _ARRAYS = ("coords", "color", "normal", "part", "images", "fine_index", "corner_
 
 def save_objects(path, samples: List[ObjectSample]) -> None:
     """Write samples to one safetensors file (arrays concatenated per field, row counts in the metadata)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {name: np.ascontiguousarray(np.concatenate([getattr(s, name) for s in samples])) for name in _ARRAYS}
     meta = {name: [len(getattr(s, name)) for s in samples] for name in _ARRAYS}
     meta["seed"] = [s.seed for s in samples]
-    tmp = str(path) + ".tmp"
-    save_file(tensors, tmp, metadata={"layout": json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors, metadata={"layout": json.dumps(meta)}))
 
 
 def load_objects(path) -> List[ObjectSample]:

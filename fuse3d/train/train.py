@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..assets.gaussians import SH_C0
-from ..models import SMALL_MODEL_NAME
+from ..bundled import SMALL_MODEL_NAME
 from ..trellis.architectures import ARCHITECTURES, Architecture
 from ..trellis.checkpoint import load_network, read_json, read_safetensors, write_json, write_safetensors
 from ..trellis.pipeline import write_pipeline

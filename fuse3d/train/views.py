@@ -20,16 +20,15 @@ target describes the pixels its token sees.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..data import KINDS, fit_view, random_object, random_view, render
-from ..data.procedural import ObjectSpec, RenderResult, _group
+from ..data import KINDS, ObjectSpec, RenderResult, fit_view, group_name, random_object, random_view, render
 from ..trellis.preprocess import preprocess_image
+from ..trellis.storage import atomic_write
 
 GRID = 37
 #: part categories across all templates (a part's name without its number); index 0 is background
@@ -46,7 +45,7 @@ FILL = (0.65, 0.85)  # share of the frame the object spans (the bundled examples
 
 def part_category(name: str) -> int:
     """Index in ``[1, NUM_CLASSES)`` of a part name's category (``leg_2`` → ``leg``)."""
-    group = _group(name)
+    group = group_name(name)
     if group not in CATEGORY_INDEX:
         raise KeyError(f"part {name!r} has no category in PART_CATEGORIES (its group is {group!r})")
     return CATEGORY_INDEX[group]
@@ -154,13 +153,11 @@ _FIELDS = ("image", "coverage", "part", "albedo", "normal", "position", "eye")
 
 def save_views(path, samples: List[ViewSample]) -> None:
     """All samples in one safetensors file (stacked per field; seeds and kinds in the metadata)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {f: np.ascontiguousarray(np.stack([getattr(s, f) for s in samples])) for f in _FIELDS}
     meta = {"seed": [int(s.seed) for s in samples], "kind": [int(s.kind) for s in samples]}
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata={"views": json.dumps(meta), "categories": json.dumps(PART_CATEGORIES)})
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors, metadata={"views": json.dumps(meta), "categories": json.dumps(PART_CATEGORIES)}))
 
 
 def load_views(path) -> List[ViewSample]:

@@ -5,7 +5,7 @@ another width), whether ``pipeline.json`` exports it (training-only networks suc
 autoencoders' encoders have no key), and the DINOv2-architecture condition encoder. The layouts
 never change: 518² images (1374 tokens), a 16³ structure latent, 64³ voxels, 32³ cells.
 
-- :data:`TINY`: random weights, for tests (``fuse3d.testing.write_tiny_model``); also trainable, so
+- :data:`TINY`: random weights, for tests (``fuse3d.tiny_model.write_tiny_model``); also trainable, so
   the trainer's tests train it.
 - :data:`SMALL`: the bundled model's recipe (``python -m fuse3d.train.train``): heads of width 32
   (4 per block), so that each head's attention can carry a match, within the 20 MB folder budget.

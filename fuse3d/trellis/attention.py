@@ -3,7 +3,7 @@
 Every attention module (:class:`MultiHeadAttention`) projects its inputs to queries, keys and values
 and hands them to its *processor*, a small callable that returns the attention output. The default,
 :class:`SDPAProcessor`, is PyTorch's fused ``scaled_dot_product_attention``. Other processors (Fuse3D's
-capturing and enhancing ones live in :mod:`fuse3d.method.processors`) can be swapped in per module
+capturing and enhancing ones live in :mod:`fuse3d.method.capture` and :mod:`fuse3d.method.kernels`) can be swapped in per module
 path with :func:`set_attn_processor`, in the manner of diffusers.
 
 Processor protocol::
@@ -164,13 +164,21 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
+    def project_context(self, context: torch.Tensor):
+        """A cross-attention context ``[..., T, C_ctx]`` → its keys and values ``[..., T, H, D]``
+        (K is the first half of ``to_kv``; the keys RMS-normalised when ``qk_rms_norm``)."""
+        if self.attn_type != "cross":
+            raise ValueError("project_context is for cross-attention")
+        k, v = self.to_kv(context).reshape(*context.shape[:-1], 2, self.num_heads, self.head_dim).unbind(dim=-3)
+        return (self.k_rms_norm(k) if self.qk_rms_norm else k), v
+
     def _project(self, x: torch.Tensor, context: Optional[torch.Tensor]):
         """Rows ``[..., C]`` → ``q [..., H, D]`` and ``k, v`` (from ``x`` or ``context``)."""
-        if self.attn_type == "self":
-            q, k, v = self.to_qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(dim=-3)
-        else:
+        if self.attn_type == "cross":
             q = self._heads(self.to_q(x))
-            k, v = self.to_kv(context).reshape(*context.shape[:-1], 2, self.num_heads, self.head_dim).unbind(dim=-3)
+            k, v = self.project_context(context)
+            return (self.q_rms_norm(q) if self.qk_rms_norm else q), k, v
+        q, k, v = self.to_qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(dim=-3)
         if self.qk_rms_norm:
             q = self.q_rms_norm(q)
             k = self.k_rms_norm(k)

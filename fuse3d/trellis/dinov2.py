@@ -104,7 +104,7 @@ class DinoV2Encoder(nn.Module):
         if "register_tokens" in state_dict or any(k.endswith("ls1.gamma") for k in state_dict):
             state_dict = checkpoint_filter_fn(state_dict, self.vit)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-        from .checkpoint import check_state_dict
+        from .storage import check_state_dict
 
         check_state_dict(self.vit, state_dict, source)
         self.vit.load_state_dict(state_dict, strict=True)
@@ -130,7 +130,7 @@ def images_to_pixels(images: Sequence, size: int = 518) -> torch.Tensor:
 
 def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from .checkpoint import read_safetensors
+        from .storage import read_safetensors
 
         return read_safetensors(path)
     if path.suffix in (".pth", ".pt"):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["FlowEulerSampler", "ModelCall", "SamplerOutput", "t_schedule", "SAMPLER_NAMES"]
+__all__ = ["CallTracker", "FlowEulerSampler", "ModelCall", "sampler_params", "SamplerOutput", "t_schedule", "SAMPLER_NAMES"]
 
 SAMPLER_NAMES = ("FlowEulerSampler", "FlowEulerCfgSampler", "FlowEulerGuidanceIntervalSampler")
 
@@ -41,6 +41,38 @@ class ModelCall:
     step: int
     t: float
     branch: str
+
+
+def sampler_params(base: dict, steps: Optional[int] = None, cfg_strength: Optional[float] = None) -> dict:
+    """A sampler's parameters (``pipeline.json``'s) with optional overrides; ``cfg_interval`` as a list."""
+    out = dict(base)
+    if steps is not None:
+        out["steps"] = int(steps)
+    if cfg_strength is not None:
+        out["cfg_strength"] = float(cfg_strength)
+    out["cfg_interval"] = list(out.get("cfg_interval", (0.0, 1.0)))
+    return out
+
+
+class CallTracker:
+    """Remembers the sampler step and CFG branch of the network call in progress.
+
+    Pass it as the sampler's ``call_context``; attention processors read ``step`` and ``branch``.
+    """
+
+    def __init__(self):
+        self.step: int = -1
+        self.branch: str = "cond"
+        self.calls: List[ModelCall] = []
+
+    @contextlib.contextmanager
+    def __call__(self, call: ModelCall):
+        self.step, self.branch = call.step, call.branch
+        self.calls.append(call)
+        try:
+            yield
+        finally:
+            self.branch = "cond"
 
 
 @dataclass

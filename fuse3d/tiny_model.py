@@ -77,7 +77,7 @@ def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int =
         slat_sampler={**TINY_SAMPLER, "params": params},
         slat_normalization={"mean": [0.0] * 8, "std": [1.0] * 8},
         fuse3d_meta={"model_name": TINY_MODEL_NAME,
-                     "description": "tiny random-weight TRELLIS-architecture model written by fuse3d.testing; outputs are meaningless"},
+                     "description": "tiny random-weight TRELLIS-architecture model written by fuse3d.tiny_model; outputs are meaningless"},
     )
 
 

@@ -31,7 +31,7 @@ def bundled_models() -> list:
 
 def tiny_model_path() -> Path:
     """The tiny random-weight model, written on first use."""
-    from .testing import write_tiny_model
+    from .tiny_model import write_tiny_model
 
     target = fuse3d_home() / "models" / TINY_DIR_NAME
     if (target / "pipeline.json").is_file():

@@ -1,9 +1,11 @@
+"""Capture of cross-attention: running sums, processors, token plans, strategies."""
+import pytest
 import torch
 
-from fuse3d.method.enhancement import enhanced_attention, enhancement_tables
-from fuse3d.method.processors import CallTracker, CaptureProcessor, CaptureState, CaptureTarget, EnhanceProcessor
+from fuse3d.method.capture import (CaptureItem, CapturePlan, CaptureProcessor, CaptureState, CaptureTarget,
+                                   SharedCaptureProcessor, capture_tokens)
 from fuse3d.trellis.attention import MultiHeadAttention
-from fuse3d.trellis.sampler import ModelCall
+from fuse3d.trellis.sampler import CallTracker, ModelCall
 
 
 def explicit_probs(q, k, scale):
@@ -53,46 +55,36 @@ def test_capture_processor_keeps_the_conditional_pass_and_chosen_blocks():
     assert torch.allclose(out, attn(x, ctx), atol=1e-6)  # outputs are plain attention
 
 
-def test_enhance_processor_only_in_the_conditional_pass():
+def test_capture_tokens_feed_the_full_image_or_its_foreground():
+    sel, fg = torch.tensor([3, 7]), torch.tensor([1, 3, 5, 7])
+    fed, target = capture_tokens(5 + 16, 5, sel)
+    assert fed == list(range(21)) and target.kind == "forward" and target.tokens.tolist() == [8, 12]
+    fed, target = capture_tokens(5 + 16, 5, sel, foreground=fg)
+    assert fed == [0, 1, 2, 3, 4, 6, 8, 10, 12] and target.tokens.tolist() == [6, 8]  # positions in what is fed
+    fed, target = capture_tokens(5 + 16, 5, sel, reverse=True)
+    assert target.kind == "reverse" and target.tokens.tolist() == [8, 12] and len(fed) == 21
+
+
+def test_shared_strategy_scores_local_keys_from_the_blocks_own_projection():
     torch.manual_seed(0)
-    attn = MultiHeadAttention(16, 4, ctx_channels=8, type="cross")
-    x, ctx = torch.randn(1, 5, 16), torch.randn(1, 3, 8)
-    tables = enhancement_tables([torch.tensor([True, False, True, False, False])], torch.tensor([False, True, False, True, True]),
-                                torch.tensor([0, 0, 1]), [4.0, 2.0])
+    attn = MultiHeadAttention(16, 4, ctx_channels=8, type="cross", qk_rms_norm=True)
     tracker = CallTracker()
-    plain = attn(x, ctx)
-    attn.processor = EnhanceProcessor(tables, tracker, backend="explicit")
-    with tracker(ModelCall(0, 1.0, "uncond")):
-        assert torch.allclose(attn(x, ctx), plain, atol=1e-6)
+    local_ctx = torch.randn(6, 8)
+    targets = [CaptureTarget("forward", torch.tensor([1, 2])), CaptureTarget("reverse", torch.tensor([0]))]
+    state = CaptureState(targets, 4, 5, num_blocks=1, num_steps=1)
+    attn.processor = SharedCaptureProcessor(state, tracker, 0, [local_ctx], reverse_row=1)
+    x, global_ctx = torch.randn(1, 5, 16), torch.randn(1, 3, 8)
     with tracker(ModelCall(0, 1.0, "cond")):
-        enhanced = attn(x, ctx)
-    q = attn.to_q(x).reshape(1, 5, 4, 4)
-    kk, v = attn.to_kv(ctx).reshape(1, 3, 2, 4, 4).unbind(2)
-    expected = attn.to_out(enhanced_attention(q, kk, v, attn.scale, tables).reshape(1, 5, 16))
-    assert torch.allclose(enhanced, expected, atol=1e-6) and not torch.allclose(enhanced, plain, atol=1e-3)
+        attn(x, global_ctx)
+    # the same sums as a separate capture whose keys are the local context's
+    ref = CaptureState(targets[:1], 4, 5, num_blocks=1, num_steps=1)
+    q = attn.q_rms_norm(attn.to_q(x).reshape(1, 5, 4, 4))
+    k, _ = attn.project_context(local_ctx[None])
+    ref.add(0, 0, attn.scale, q, k, range(1))
+    assert torch.allclose(state.sums[0].total, ref.sums[0].total, atol=1e-6) and state.sums[1].count == 1
 
 
-def _lse_case(device):
-    from fuse3d.method.processors import attention_logsumexp
-
-    torch.manual_seed(0)
-    q = torch.randn(4, 300, 64, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
-    k = torch.randn(4, 77, 64, device=device, dtype=q.dtype)
-    v = torch.randn(4, 77, 64, device=device, dtype=q.dtype)
-    lse, out = attention_logsumexp(q, k, 0.125, v)
-    logits = (q.float() @ k.float().transpose(1, 2)) * 0.125
-    tol = 2e-2 if q.dtype == torch.float16 else 1e-4
-    assert lse.dtype == torch.float32 and (lse - torch.logsumexp(logits, -1)).abs().max() < tol
-    assert (out.float() - logits.softmax(-1) @ v.float()).abs().max() < tol
-
-
-def test_attention_logsumexp_cpu():
-    _lse_case("cpu")
-
-
-import pytest  # noqa: E402
-
-
-@pytest.mark.gpu
-def test_attention_logsumexp_fused_on_cuda():
-    _lse_case("cuda")
+def test_a_plan_names_a_known_strategy():
+    item = CaptureItem("a", torch.zeros(3, 4), [0, 1, 2], CaptureTarget("forward", torch.tensor([1])), 0)
+    with pytest.raises(ValueError, match="capture strategy must be one of"):
+        CapturePlan(torch.zeros(1, 4), 1, 4, 1, [item], {"steps": 1}, strategy="together")
