@@ -503,18 +503,22 @@ class Run:
         prepared = [c.prepare() for c in self.local_conditions]
         out["selected_patches"] = [int(p.selected.sum()) for p in prepared]      # |D_k| per local image
         out["foreground_patches"] = [int(p.foreground.sum()) for p in prepared]  # its object's patches
-        done = {s for (s, _) in self._entries}
-        if "structure" in done:
+        # what is computed or cached is reported (a cached stage is read, never computed)
+        if self._available("structure"):
             out["voxels"] = int(len(self.structure))
             out["cells"] = int(len(self.cells))
-        if "refine" in done:
-            out["aligned_cells"] = [int(self.refined_mask(k).sum()) for k in range(self.K) if ("refine", k) in self._entries]
-        if "reverse_alignment" in done:
+        if all(self._available("refine", k) for k in range(self.K)):
+            out["aligned_cells"] = [int(self.refined_mask(k).sum()) for k in range(self.K)]
+        if self._available("reverse_alignment"):
             out["unaligned_cells"] = int(self.unaligned.sum())
             out["global_tokens"] = int(len(self.global_patches))
-        if "enhancement" in done:
+        if self._available("enhancement"):
             out["lambdas"] = self.lambdas
         return out
+
+    def _available(self, stage: str, index: int = 0) -> bool:
+        """Computed by this run, or in the cache (reading it then runs nothing)."""
+        return (stage, index) in self._entries or self.cache.status(stage, self.key(stage, index)) != "missing"
 
     def __repr__(self) -> str:
         done = len(self._entries)

@@ -297,3 +297,18 @@ def test_malformed_model_defaults_name_the_file(tiny_model_dir, tmp_path, defaul
 
     with pytest.raises(CheckpointError, match=match):
         Fuse3D.from_pretrained(_with_defaults(tiny_model_dir, tmp_path, defaults), device="cpu", progress=False)
+
+
+def test_the_summary_reports_cached_stages_without_computing_them(tiny_model_dir, conditions, tmp_path):
+    g, locals_ = conditions
+    first = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False, cache_dir=tmp_path)
+    first.run(g, locals_, seed=4, **FAST)
+    again = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False, cache_dir=tmp_path)
+    counter = NetworkCounter(again.trellis)
+    try:
+        run = again.run(g, locals_, seed=4, **FAST)  # the final latent is a cache hit: nothing upstream is read
+        s = run.summary()
+        assert len(s["aligned_cells"]) == 2 and len(s["lambdas"]) == 3 and s["global_tokens"] > 0
+        assert counter.total() == 0
+    finally:
+        counter.remove()
