@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 from .method.alignment import DEFAULT_HEADS, DEFAULT_THRESHOLD
 from .method.enhancement import LAMBDA_MODES, check_lambda
+from .method.presets import SAMPLER_PRESETS
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ class Fuse3DParams:
 
     Sampling
         seed: all noise derives from it (structure, each capture run, the final run).
-        structure_steps, structure_cfg, latent_steps, latent_cfg: sampler overrides
-            (``None``: the model's ``pipeline.json``).
+        sampler: ``"pipeline"`` (the model's ``pipeline.json``) or ``"published-demo"`` (the published
+            Fuse3D demo's: structure 12 steps at CFG 7.5, latent 12 steps at CFG 3.0).
+        structure_steps, structure_cfg, latent_steps, latent_cfg: overrides on top of the sampler
+            (``None``: keep it).
     Multi-Condition Fusion Module
         fusion: ``"mcfm"`` (paper) or ``"crop"`` (ablation *w/o MCFM*: each region cropped and encoded alone).
     Alignment capture
@@ -92,6 +95,7 @@ class Fuse3DParams:
     """
 
     seed: int = 0
+    sampler: str = "pipeline"
     structure_steps: Optional[int] = None
     structure_cfg: Optional[float] = None
     latent_steps: Optional[int] = None
@@ -175,7 +179,8 @@ class Fuse3DParams:
             check_lambda(self.global_lambda, "global λ")
         choices = {"fusion": ("mcfm", "crop"), "capture_tokens": ("full", "foreground"),
                    "capture_strategy": ("separate", "shared"), "lambda_mode": LAMBDA_MODES,
-                   "enhancement_backend": ("auto", "explicit", "flex", "regions")}
+                   "enhancement_backend": ("auto", "explicit", "flex", "regions"),
+                   "sampler": tuple(SAMPLER_PRESETS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -29,9 +29,10 @@ from .conditions import ConditionError
 from .method import alignment, capture, enhancement, fusion
 from .method.inpainting import inpainting_hook
 from .method.kernels import EnhanceProcessor
+from .method.presets import preset_sampler
 from .method.seeds import derive_seed
 from .trellis.attention import use_attn_processors
-from .trellis.sampler import CallTracker, sampler_params
+from .trellis.sampler import CallTracker
 from .trellis.sparse import SparseTensor
 
 DOMAINS = ("condition", "local", "run")
@@ -90,12 +91,13 @@ def model(run) -> dict:
 
 
 def sampler(run, p: ParamView, kind: str) -> dict:
-    """The sampler parameters of ``pipeline.json`` with the run's overrides (``structure`` or ``latent``)."""
+    """The sampler parameters of ``pipeline.json``, the run's preset and its overrides (``structure``
+    or ``latent``)."""
     base = run.trellis.ss_sampler_params if kind == "structure" else run.trellis.slat_sampler_params
-    return sampler_params(base, getattr(p, f"{kind}_steps"), getattr(p, f"{kind}_cfg"))
+    return preset_sampler(base, p.sampler, kind, getattr(p, f"{kind}_steps"), getattr(p, f"{kind}_cfg"))
 
 
-LATENT_FIELDS = ("seed", "latent_steps", "latent_cfg")
+LATENT_FIELDS = ("seed", "sampler", "latent_steps", "latent_cfg")
 
 
 def patches(entry: Entry, name: str = "selected") -> torch.Tensor:
@@ -382,7 +384,7 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           lambda run, i, p: {**model(run), "crop": _encode_crop(run, i, p)}, _encode,
           "the condition encoder's tokens of the whole image [CLS, REG×4, 37×37 patches] (MCFM, §3.2)"),
     Stage("structure", "run", (Input("tokens", "encode", "global", lambda run, p: not _user_structure(run, p)),),
-          ("seed", "structure_steps", "structure_cfg"), _structure_key, _structure,
+          ("seed", "sampler", "structure_steps", "structure_cfg"), _structure_key, _structure,
           "the sparse structure from the global image alone (or the user's), voxels [N, 4] (§3.1)"),
     Stage("capture", "condition",
           (Input("structure", "structure", "run"), Input("tokens", "encode"),

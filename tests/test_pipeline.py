@@ -312,3 +312,18 @@ def test_the_summary_reports_cached_stages_without_computing_them(tiny_model_dir
         assert counter.total() == 0
     finally:
         counter.remove()
+
+
+def test_the_published_demo_sampler_preset(fuse3d, conditions):
+    g, locals_ = conditions
+    run = fuse3d.run(g, locals_, lazy=True, sampler="published-demo")
+    from fuse3d.stages import STAGES, ParamView, sampler
+
+    ss = sampler(run, ParamView(run.params, STAGES["structure"]), "structure")
+    lat = sampler(run, ParamView(run.params, STAGES["final"]), "latent")
+    assert (ss["steps"], ss["cfg_strength"]) == (12, 7.5) and (lat["steps"], lat["cfg_strength"]) == (12, 3.0)
+    assert ss["rescale_t"] == fuse3d.trellis.ss_sampler_params["rescale_t"], "the rest stays pipeline.json's"
+    over = run.retune(latent_steps=3)
+    assert sampler(over, ParamView(over.params, STAGES["final"]), "latent")["steps"] == 3, "explicit values win"
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        fuse3d.run(g, locals_, lazy=True, sampler="fast")

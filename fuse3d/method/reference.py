@@ -18,9 +18,10 @@ from typing import List, Optional
 import torch
 
 from ..trellis.attention import use_attn_processors
-from ..trellis.sampler import CallTracker, sampler_params
+from ..trellis.sampler import CallTracker
 from . import alignment, capture, enhancement, fusion
 from .kernels import EnhanceProcessor
+from .presets import preset_sampler
 from .seeds import derive_seed
 
 
@@ -59,7 +60,7 @@ def fuse3d_reference(trellis, global_condition, local_conditions, params, struct
                                   "through fuse3d.Fuse3D.run")
     conditions = list(local_conditions) + [global_condition]
     K, prefix = len(local_conditions), trellis.image_encoder.num_prefix_tokens
-    latent = sampler_params(trellis.slat_sampler_params, params.latent_steps, params.latent_cfg)
+    latent = preset_sampler(trellis.slat_sampler_params, params.sampler, "latent", params.latent_steps, params.latent_cfg)
     dev = trellis.device
 
     # 1. Preprocess (§3.1): TRELLIS's crop and resize of every image; each user mask follows the
@@ -74,7 +75,8 @@ def fuse3d_reference(trellis, global_condition, local_conditions, params, struct
     # 3. Structure (§3.1): TRELLIS's sparse structure from the global image alone.
     if structure is None:
         structure = trellis.sample_structure(tokens[K][None].to(dev), seed=derive_seed(params.seed, "structure"),
-                                             progress=progress, **sampler_params(trellis.ss_sampler_params,
+                                             progress=progress, **preset_sampler(trellis.ss_sampler_params,
+                                                                                 params.sampler, "structure",
                                                                                  params.structure_steps,
                                                                                  params.structure_cfg)).cpu()
     cells, voxel_cell = alignment.cells_of_voxels(structure)
