@@ -70,6 +70,8 @@ class Fuse3DParams:
             (``None``: keep it).
     Multi-Condition Fusion Module
         fusion: ``"mcfm"`` (paper) or ``"crop"`` (ablation *w/o MCFM*: each region cropped and encoded alone).
+        prefix_tokens: keep each image's CLS and register tokens in the capture and the unified tokens
+            (paper); ``False`` is the appendix C.1 ablation.
     Alignment capture
         capture_tokens: ``"full"`` (paper: a local image's full 1374 tokens) or ``"foreground"``
             (published code: CLS, registers and the foreground patches only).
@@ -101,6 +103,7 @@ class Fuse3DParams:
     latent_steps: Optional[int] = None
     latent_cfg: Optional[float] = None
     fusion: str = "mcfm"
+    prefix_tokens: bool = True
     capture_tokens: str = "full"
     capture_blocks: Optional[Tuple[int, ...]] = None
     capture_steps: Optional[Tuple[int, ...]] = None

@@ -173,12 +173,12 @@ def _structure(run, i, x, p):
 
 # ============================================================================ capture
 CAPTURE_FIELDS = LATENT_FIELDS + ("capture_blocks", "capture_steps", "capture_strategy", "capture_tokens",
-                                  "capture_detail", "capture_batch", "fusion")
+                                  "capture_detail", "capture_batch", "fusion", "prefix_tokens")
 
 
 def _capture_key(run, i, p):
     key = {**model(run), "seed": p.seed, "sampler": sampler(run, p, "latent"), "blocks": p.capture_blocks,
-           "steps": p.capture_steps, "strategy": p.capture_strategy}
+           "steps": p.capture_steps, "strategy": p.capture_strategy, "prefix_tokens": p.prefix_tokens}
     if i < run.K:  # the reverse capture always feeds the global image's full tokens, without detail
         key.update(tokens=p.capture_tokens, detail=p.capture_detail, fusion=p.fusion)
     return key  # capture_batch only groups the samplings: not part of the key
@@ -190,7 +190,8 @@ def capture_plan(run, p: ParamView, structure: Entry, prepared: List[Entry], enc
     for i, (prep, enc) in enumerate(zip(prepared, encoded)):
         reverse = i == run.K
         fg = None if reverse or p.capture_tokens == "full" or p.fusion == "crop" else patches(prep, "foreground")
-        fed, target = capture.capture_tokens(enc["tokens"].shape[0], run.prefix, patches(enc), fg, reverse)
+        fed, target = capture.capture_tokens(enc["tokens"].shape[0], run.prefix, patches(enc), fg, reverse,
+                                             p.prefix_tokens)
         name = "capture:global" if reverse else f"capture:{run.local_conditions[i].key}"
         label = "global" if reverse else run.local_conditions[i].name
         items.append(capture.CaptureItem(label, enc["tokens"][fed], fed, target, derive_seed(p.seed, name)))
@@ -247,7 +248,7 @@ def _reverse_threshold(p) -> float:
 def _reverse(run, i, x, p):
     cap = x["capture"]
     unaligned = alignment.unaligned_cells([r["mask"] for r in x["refine"]], cap["mean"].shape[1])
-    cand = cap["target_tokens"] - run.prefix  # candidate patch indices
+    cand = cap["fed_tokens"][cap["target_tokens"]] - run.prefix  # candidate patch indices
     if not p.reverse_alignment:
         score, sel = torch.zeros(len(cand)), torch.ones(len(cand), dtype=torch.bool)
     else:
@@ -261,9 +262,9 @@ def _unified(run, i, x, p):
     selected, ids = [], []
     for j in range(n_images):
         pt = x["reverse"]["patches"] if j == run.K else patches(x["tokens"][j])
-        selected.append(fusion.select_tokens(x["tokens"][j]["tokens"], pt, run.prefix))
+        selected.append(fusion.select_tokens(x["tokens"][j]["tokens"], pt, run.prefix, p.prefix_tokens))
         ids.append(pt)
-    u = fusion.unify_tokens(selected, ids, run.prefix)
+    u = fusion.unify_tokens(selected, ids, run.prefix if p.prefix_tokens else 0)
     return Entry({"tokens": u.tokens, "token_region": u.token_region, "token_patch": u.token_patch})
 
 
@@ -410,7 +411,8 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           lambda run, i, p: {"enabled": p.reverse_alignment, "heads": list(p.heads), "threshold": _reverse_threshold(p)},
           _reverse, "unaligned cells; the global tokens they need, D_g (§3.3)"),
     Stage("unified_tokens", "run", (Input("tokens", "encode", "conditions"), Input("reverse", "reverse_alignment", "run")),
-          ("inpainting",), lambda run, i, p: {"inpainting": p.inpainting}, _unified,
+          ("inpainting", "prefix_tokens"), lambda run, i, p: {"inpainting": p.inpainting, "prefix": p.prefix_tokens},
+          _unified,
           "[local_1 (5 + D_1), …, local_K (5 + D_K), global (5 + D_g)] (§3.2)"),
     Stage("enhancement", "run",
           (Input("unified", "unified_tokens", "run"), Input("refine", "refine", "locals"),

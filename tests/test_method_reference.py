@@ -21,7 +21,8 @@ def case(tiny_model_dir):
 
 
 @pytest.mark.parametrize("options", [{}, {"capture_strategy": "shared"}, {"capture_tokens": "foreground", "strength": 2.0},
-                                     {"lambda_mode": "adaptive", "threshold": 0.4, "refine": False}])
+                                     {"lambda_mode": "adaptive", "threshold": 0.4, "refine": False},
+                                     {"prefix_tokens": False, "capture_tokens": "foreground"}])
 def test_run_equals_the_reference_bit_for_bit(case, options):
     pipe, g, locals_ = case
     # a fresh cache: a capture computed in another batch (another run's) may differ in the last bit

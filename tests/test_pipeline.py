@@ -327,3 +327,14 @@ def test_the_published_demo_sampler_preset(fuse3d, conditions):
     assert sampler(over, ParamView(over.params, STAGES["final"]), "latent")["steps"] == 3, "explicit values win"
     with pytest.raises(ValueError, match="sampler must be one of"):
         fuse3d.run(g, locals_, lazy=True, sampler="fast")
+
+
+def test_without_cls_and_register_tokens(run):
+    """Appendix C.1: no CLS/REG in the capture nor in the unified tokens."""
+    bare = run.retune(prefix_tokens=False)
+    u = bare.unified_tokens
+    assert (u.token_patch >= 0).all()
+    assert len(u.tokens) == len(bare.selected_patches(0)) + len(bare.selected_patches(1)) + len(bare.global_patches)
+    assert bare["capture", 0]["fed_tokens"].min() == 5, "no prefix token fed"
+    assert not torch.equal(bare.head_scores(0), run.head_scores(0))
+    assert torch.isfinite(bare.final.feats).all()

@@ -200,22 +200,21 @@ class SharedCaptureProcessor:
 
 # ---------------------------------------------------------------------------------------------- plans
 def capture_tokens(num_tokens: int, prefix: int, selected: torch.Tensor, foreground: Optional[torch.Tensor] = None,
-                   reverse: bool = False) -> Tuple[List[int], CaptureTarget]:
+                   reverse: bool = False, prefix_tokens: bool = True) -> Tuple[List[int], CaptureTarget]:
     """Which of a condition's tokens a capture sampling is fed, and what it accumulates.
 
     Forward (a local image): the full ``num_tokens`` (the paper), or — given ``foreground`` patch
     indices — CLS, registers and the foreground patches only (the published code); the target is
-    the selected patches ``selected`` (``D_k``), as positions in what is fed. Reverse (the global
-    image, ``reverse=True``): its full tokens; the candidates are its selected patches.
+    the selected patches ``selected`` (``D_k``). Reverse (the global image, ``reverse=True``): its
+    full tokens; the candidates are its selected patches. ``prefix_tokens=False`` (appendix C.1)
+    feeds no CLS and register tokens. Targets are positions in what is fed.
     """
     selected = selected.long()
-    if reverse:
-        return list(range(num_tokens)), CaptureTarget("reverse", selected + prefix)
-    if foreground is None:
-        return list(range(num_tokens)), CaptureTarget("forward", selected + prefix)
-    fed = list(range(prefix)) + (foreground.long() + prefix).tolist()
+    patch_ids = list(range(num_tokens - prefix)) if reverse or foreground is None else foreground.long().tolist()
+    fed = (list(range(prefix)) if prefix_tokens else []) + [prefix + i for i in patch_ids]
     position = {t: j for j, t in enumerate(fed)}
-    return fed, CaptureTarget("forward", torch.tensor([position[int(t)] for t in selected + prefix]))
+    target = torch.tensor([position[int(t)] for t in selected + prefix], dtype=torch.long)
+    return fed, CaptureTarget("reverse" if reverse else "forward", target)
 
 
 @dataclass

@@ -50,9 +50,11 @@ def token_indices(patches: torch.Tensor, prefix: int) -> torch.Tensor:
     return torch.cat([torch.arange(prefix), patches.long() + prefix])
 
 
-def select_tokens(tokens: torch.Tensor, patches: torch.Tensor, prefix: int) -> torch.Tensor:
-    """``tokens [T, C]`` → ``[prefix + P, C]``: the CLS and register tokens and the selected patch tokens."""
-    return tokens[token_indices(patches, prefix).to(tokens.device)]
+def select_tokens(tokens: torch.Tensor, patches: torch.Tensor, prefix: int, keep_prefix: bool = True) -> torch.Tensor:
+    """``tokens [T, C]`` → ``[prefix + P, C]``: the CLS and register tokens and the selected patch
+    tokens (``keep_prefix=False``: ``[P, C]``, the patch tokens alone, as in the paper's appendix C.1)."""
+    idx = token_indices(patches, prefix) if keep_prefix else patches.long() + prefix
+    return tokens[idx.to(tokens.device)]
 
 
 @dataclass

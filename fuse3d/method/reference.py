@@ -6,8 +6,8 @@ function in the spirit of a diffusers pipeline's ``__call__``. It calls the same
 caches nothing and explains every step with the paper's section and equation. Read it first; read
 :mod:`fuse3d.stages` for how the run caches, retunes and shows each step.
 
-It covers the paper's method and its main options (``capture_tokens``, ``capture_strategy``, the
-λ modes, ``reverse_alignment`` and ``enhancement`` switches). The ablation *w/o MCFM*
+It covers the paper's method and its main options (``capture_tokens``, ``capture_strategy``,
+``prefix_tokens``, ``sampler``, the λ modes, ``reverse_alignment`` and ``enhancement`` switches). The ablation *w/o MCFM*
 (``fusion="crop"``) and the inpainting variant run through :class:`~fuse3d.pipeline.Run` only.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def fuse3d_reference(trellis, global_condition, local_conditions, params, struct
     for i, (pr, tok) in enumerate(zip(prepared, tokens)):
         reverse = i == K
         fg = None if reverse or params.capture_tokens == "full" else fusion.patch_indices(pr.foreground)
-        fed, target = capture.capture_tokens(tok.shape[0], prefix, selected[i], fg, reverse)
+        fed, target = capture.capture_tokens(tok.shape[0], prefix, selected[i], fg, reverse, params.prefix_tokens)
         seed = derive_seed(params.seed, "capture:global" if reverse else f"capture:{conditions[i].key}")
         items.append(capture.CaptureItem(conditions[i].name, tok[fed], fed, target, seed))
     plan = capture.CapturePlan(structure, len(cells), trellis.slat_flow.num_heads, len(trellis.slat_flow.blocks),
@@ -110,7 +110,7 @@ def fuse3d_reference(trellis, global_condition, local_conditions, params, struct
     # 6. Reverse alignment (§3.3): V_unaligned = {1…L} \ ∪_k V_k; the global image's attention,
     #    normalised over cells, summed over V_unaligned, min–max over tokens, threshold → D_g.
     unaligned = alignment.unaligned_cells(refined, len(cells))
-    candidates = captured[K]["target_tokens"] - prefix
+    candidates = captured[K]["fed_tokens"][captured[K]["target_tokens"]] - prefix
     if params.reverse_alignment:
         threshold = params.threshold if params.reverse_threshold is None else params.reverse_threshold
         _, keep = alignment.reverse_alignment(captured[K]["mean"], unaligned, params.heads, threshold)
@@ -121,7 +121,8 @@ def fuse3d_reference(trellis, global_condition, local_conditions, params, struct
     # 7. Unified tokens (§3.2) and the enhancement matrix (§3.4): E[i, j] = λ_k for i ∈ V_k and
     #    j ∈ D_k (CLS and registers included), λ_g on V_unaligned × D_g, 1 elsewhere.
     kept = selected[:K] + [global_patches]
-    unified = fusion.unify_tokens([fusion.select_tokens(tokens[i], kept[i], prefix) for i in range(K + 1)], kept, prefix)
+    unified = fusion.unify_tokens([fusion.select_tokens(tokens[i], kept[i], prefix, params.prefix_tokens)
+                                   for i in range(K + 1)], kept, prefix if params.prefix_tokens else 0)
     foreground = [int(pr.foreground.sum()) for pr in prepared[:K]]
     lambdas = enhancement.run_lambdas(params.strength, params.lambda_mode, [len(s) for s in selected[:K]], foreground,
                                       prepared[0].selected.size, explicit=params.lambdas,
