@@ -94,6 +94,13 @@ class Fuse3DParams:
         enhancement_backend: ``"auto"`` (= ``"regions"``, the fastest on CUDA and CPU), ``"explicit"``,
             ``"flex"`` or ``"regions"`` (one fused attention per token region, merged exactly).
         inpainting: the appendix C.2 variant (unaligned voxels follow the global image's latent).
+    Interventions in the final sampling (:mod:`fuse3d.method.interventions`; ``run.intervene``)
+        ablate_heads: ``{block: [heads]}`` (stored as sorted pairs) whose cross-attention outputs are
+            ablated; ablate_mode: ``"zero"`` or ``"mean"`` (over the cells).
+        patch_tokens: ``(region, source)``: the unified tokens of ``region`` (local ``k`` or ``K`` for
+            the global image) replaced by condition ``source``'s tokens at the same patches;
+            patch_blocks: where (``None``: every block).
+        intervene_steps: the sampler steps both act at (``None``: all).
     """
 
     seed: int = 0
@@ -126,6 +133,11 @@ class Fuse3DParams:
     global_lambda: Optional[float] = None
     enhancement_backend: str = "auto"
     inpainting: bool = False
+    ablate_heads: Optional[Tuple[Tuple[int, Tuple[int, ...]], ...]] = None
+    ablate_mode: str = "zero"
+    patch_tokens: Optional[Tuple[int, int]] = None
+    patch_blocks: Optional[Tuple[int, ...]] = None
+    intervene_steps: Optional[Tuple[int, ...]] = None
 
     @classmethod
     def for_model(cls, defaults: ModelDefaults, **changes) -> "Fuse3DParams":
@@ -150,8 +162,17 @@ class Fuse3DParams:
             raise TypeError(f"unknown Fuse3D parameter(s) {unknown}; known: {', '.join(self.names())}")
         norm = {}
         for k, v in changes.items():
-            if k in ("heads", "capture_blocks", "capture_steps", "lambdas") and v is not None:
-                v = tuple(int(x) for x in v) if k != "lambdas" else tuple(float(x) for x in v)
+            if v is not None and k in ("heads", "capture_blocks", "capture_steps", "patch_blocks", "intervene_steps"):
+                v = tuple(int(x) for x in v)
+            elif v is not None and k == "lambdas":
+                v = tuple(float(x) for x in v)
+            elif v is not None and k == "ablate_heads":
+                pairs = v.items() if isinstance(v, dict) else v
+                v = tuple(sorted((int(b), tuple(sorted(int(h) for h in hs))) for b, hs in pairs)) or None
+            elif v is not None and k == "patch_tokens":
+                if len(v) != 2:
+                    raise ValueError(f"patch_tokens is (region, source), got {v!r}")
+                v = (int(v[0]), int(v[1]))
             norm[k] = v
         return replace(self, **norm).validated()
 
@@ -183,7 +204,7 @@ class Fuse3DParams:
         choices = {"fusion": ("mcfm", "crop"), "capture_tokens": ("full", "foreground"),
                    "capture_strategy": ("separate", "shared"), "lambda_mode": LAMBDA_MODES,
                    "enhancement_backend": ("auto", "explicit", "flex", "regions"),
-                   "sampler": tuple(SAMPLER_PRESETS)}
+                   "sampler": tuple(SAMPLER_PRESETS), "ablate_mode": ("zero", "mean")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

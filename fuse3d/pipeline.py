@@ -216,6 +216,38 @@ class Run:
         steps = sampler(self, ParamView(p, DECLARED["capture"]), "latent")["steps"]
         if p.capture_steps is not None and any(not 0 <= s < steps for s in p.capture_steps):
             raise ValueError(f"capture_steps must be in 0..{steps - 1}, got {list(p.capture_steps)}")
+        if p.intervene_steps is not None and any(not 0 <= s < steps for s in p.intervene_steps):
+            raise ValueError(f"intervene_steps must be in 0..{steps - 1}, got {list(p.intervene_steps)}")
+        for block, heads in p.ablate_heads or ():
+            if not 0 <= block < self.num_blocks:
+                raise ValueError(f"ablate_heads names block {block}; the latent flow has blocks 0..{self.num_blocks - 1}")
+            if heads:
+                alignment.check_heads(heads, self.num_heads)
+        if p.patch_blocks is not None and any(not 0 <= b < self.num_blocks for b in p.patch_blocks):
+            raise ValueError(f"patch_blocks must be in 0..{self.num_blocks - 1}, got {list(p.patch_blocks)}")
+        if p.patch_tokens is not None:
+            region, source = p.patch_tokens
+            regions = self.K if p.inpainting else self.K + 1
+            if not 0 <= region < regions or not 0 <= source <= self.K:
+                raise ValueError(f"patch_tokens is (region 0..{regions - 1}, source condition 0..{self.K}), "
+                                 f"got {p.patch_tokens}")
+
+    def intervene(self, ablate_heads: Optional[Dict[int, Sequence[int]]] = None, mode: str = "zero",
+                  steps: Optional[Sequence[int]] = None, patch_tokens: Optional[Tuple[int, int]] = None,
+                  blocks: Optional[Sequence[int]] = None) -> "Run":
+        """A lazy run whose final sampling ablates heads and/or patches tokens
+        (:mod:`fuse3d.method.interventions`); every earlier stage is shared with this run.
+
+        Args:
+            ablate_heads: ``{block: [heads]}`` (0-based) whose cross-attention outputs are ablated.
+            mode: ``"zero"`` or ``"mean"`` (each head's output averaged over the cells).
+            steps: the sampler steps to intervene at (``None``: all).
+            patch_tokens: ``(region, source)``: local ``region``'s unified tokens (``K``: the global
+                image's) replaced by condition ``source``'s tokens at the same patches.
+            blocks: the blocks token patching acts in (``None``: all).
+        """
+        return self.retune(ablate_heads=ablate_heads, ablate_mode=mode, intervene_steps=steps,
+                           patch_tokens=patch_tokens, patch_blocks=blocks)
 
     def retune(self, **changes) -> "Run":
         """A run with changed parameters sharing every unchanged stage (nothing is computed yet)."""

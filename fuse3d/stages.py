@@ -26,12 +26,12 @@ import torch
 
 from .cache import Entry
 from .conditions import ConditionError
-from .method import alignment, capture, enhancement, fusion
+from .method import alignment, capture, enhancement, fusion, interventions
 from .method.inpainting import inpainting_hook
 from .method.kernels import EnhanceProcessor
 from .method.presets import preset_sampler
 from .method.seeds import derive_seed
-from .trellis.attention import use_attn_processors
+from .trellis.attention import SDPAProcessor, use_attn_processors
 from .trellis.sampler import CallTracker
 from .trellis.sparse import SparseTensor
 
@@ -307,6 +307,7 @@ def _final(run, i, x, p):
         tables = enhancement.EnhancementTables(enh["cell_regions"], enh["token_region"], enh["lambdas"]).to(dev)
         proc = EnhanceProcessor(tables, tracker, p.enhancement_backend)
         procs = {f"blocks.{b}.cross_attn": proc for b in range(run.num_blocks)}
+    procs = _with_interventions(run, p, procs, tracker, x)
     on_step = None
     if p.inpainting:
         _, voxel_cell = cells(x["structure"])
@@ -318,6 +319,29 @@ def _final(run, i, x, p):
         slat = trellis.sample_latent(x["unified"]["tokens"][None].to(dev), coords, noise=noise, progress=run.progress,
                                      call_context=tracker, on_step=on_step, **sampler(run, p, "latent"))
     return Entry({"feats": slat.feats.float().cpu()}, {"model": run.model_name})
+
+
+INTERVENTION_FIELDS = ("ablate_heads", "ablate_mode", "patch_tokens", "patch_blocks", "intervene_steps")
+
+
+def _with_interventions(run, p, procs: dict, tracker, x: Dict[str, Any]) -> dict:
+    """The final sampling's processors, wrapped where the run ablates heads or patches tokens."""
+    if p.ablate_heads is None and p.patch_tokens is None:
+        return procs
+    patch = None
+    if p.patch_tokens is not None:
+        region, source = p.patch_tokens
+        unified = x["unified"]
+        patch = interventions.patched_context(unified["token_region"], unified["token_patch"], region,
+                                              x["sources"][source]["tokens"], run.prefix)
+    out = dict(procs)
+    for block, (heads, patched) in interventions.block_plan(run.num_blocks, p.ablate_heads, p.patch_blocks,
+                                                            patch is not None).items():
+        name = f"blocks.{block}.cross_attn"
+        inner = procs.get(name) or SDPAProcessor()
+        out[name] = interventions.InterveningProcessor(inner, tracker, heads, p.ablate_mode,
+                                                       patch if patched else None, p.intervene_steps)
+    return out
 
 
 def _latent(run, x) -> SparseTensor:
@@ -363,12 +387,21 @@ def timed(compute, device):
 
 
 # ============================================================================ the declarations
+def _json(value):
+    """Tuples (of tuples) as lists, for a cache key."""
+    return [_json(v) for v in value] if isinstance(value, tuple) else value
+
+
 def _shared(run, p) -> bool:
     return p.capture_strategy == "shared"
 
 
 def _inpainting(run, p) -> bool:
     return bool(p.inpainting)
+
+
+def _patching(run, p) -> bool:
+    return p.patch_tokens is not None
 
 
 def _refining(run, p) -> bool:
@@ -425,10 +458,11 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
     Stage("final", "run",
           (Input("structure", "structure", "run"), Input("unified", "unified_tokens", "run"),
            Input("enhancement", "enhancement", "run"), Input("initial", "capture", "global", _inpainting),
-           Input("refine", "refine", "locals", _inpainting)),
-          LATENT_FIELDS + ("inpainting", "enhancement_backend", "enhancement"),
+           Input("refine", "refine", "locals", _inpainting), Input("sources", "encode", "conditions", _patching)),
+          LATENT_FIELDS + ("inpainting", "enhancement_backend", "enhancement") + INTERVENTION_FIELDS,
           lambda run, i, p: {**model(run), "seed": p.seed, "sampler": sampler(run, p, "latent"),
-                             "inpainting": p.inpainting, "backend": p.enhancement_backend, "enhancement": p.enhancement},
+                             "inpainting": p.inpainting, "backend": p.enhancement_backend, "enhancement": p.enhancement,
+                             **{f: _json(getattr(p, f)) for f in INTERVENTION_FIELDS}},
           _final, "the fused structured latent [N, 8], from fresh noise, with E in every block (§3.4)"),
     Stage("gaussians", "run", (Input("final", "final", "run"), Input("structure", "structure", "run")), (),
           lambda run, i, p: model(run), _gaussians, "the asset as 3D Gaussians"),

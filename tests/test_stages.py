@@ -39,7 +39,9 @@ CHANGES = {"threshold": 0.4, "heads": [1, 2], "refine": False, "refine_k": 8, "r
            "inpainting": True, "enhancement_backend": "explicit", "seed": 3, "latent_steps": 3, "latent_cfg": 1.0,
            "sampler": "published-demo",
            "structure_steps": 3, "structure_cfg": 1.0, "capture_tokens": "foreground", "capture_strategy": "shared",
-           "capture_detail": False, "capture_blocks": [0], "capture_steps": [1], "fusion": "crop", "prefix_tokens": False}
+           "capture_detail": False, "capture_blocks": [0], "capture_steps": [1], "fusion": "crop", "prefix_tokens": False,
+           "ablate_heads": {0: [1]}, "ablate_mode": "mean", "patch_tokens": (0, 2), "patch_blocks": [1],
+           "intervene_steps": [0]}
 
 
 def test_every_parameter_is_declared_by_some_stage_or_is_a_grouping():
