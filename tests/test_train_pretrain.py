@@ -62,3 +62,52 @@ def test_checkpoints_resume_and_export_a_loadable_encoder(samples, tmp_path):
         assert torch.allclose(enc(px), a.ema(px), atol=1e-5)
     with pytest.raises(ValueError, match="holds an encoder"):
         EncoderPretrainer(PretrainConfig(work=str(tmp_path), width=32, depth=2, heads=2), device="cpu").load(tmp_path / "ckpt")
+
+
+def test_permuting_colours_is_the_render_of_the_object_with_permuted_colours():
+    """The augmentation is exact: the renderer's lights only scale a colour."""
+    import dataclasses
+
+    from fuse3d.data import fit_view, random_object, random_view
+    from fuse3d.train.pretrain import permute_colours
+    from fuse3d.train.views import make_view
+
+    rng = np.random.default_rng(4)
+    spec = random_object(rng)
+    view = fit_view(spec, random_view(rng), fill=0.75)
+    perm = [2, 0, 1]
+
+    def permuted(c):
+        return tuple(c[i] for i in perm)
+
+    parts = [dataclasses.replace(p, color=permuted(p.color), pattern=None if p.pattern is None else
+                                 dataclasses.replace(p.pattern, color=permuted(p.pattern.color))) for p in spec.parts]
+    plain = make_view(spec, view, size=160)
+    swapped = make_view(dataclasses.replace(spec, parts=parts), view, size=160)
+    target = stack_targets([plain, swapped], "cpu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):  # until the draw for the first image is `perm`
+        out = permute_colours(target, gen)
+        if torch.equal(out["albedo"][0], target["albedo"][0][..., perm]):
+            break
+    assert torch.equal(out["pixels"][0], target["pixels"][0][perm])
+    # the permuted plain render is the render of the recoloured object (up to the 8-bit rounding)
+    assert (out["pixels"][0] - target["pixels"][1]).abs().max() <= 1.5 / 255
+    assert torch.allclose(out["albedo"][0], target["albedo"][1], atol=1e-6)
+
+
+def test_the_view_stream_hands_over_every_render_and_fills_the_cache(tmp_path):
+    from fuse3d.train.pretrain import ViewStream
+    from fuse3d.train.views import cached_views
+
+    seeds = [100010, 100011, 100012]
+    stream = ViewStream(seeds, str(tmp_path), views=1, workers=2)
+    got = []
+    while stream.more:
+        got.extend(stream.ready(wait=True))
+    assert sorted(v.seed for v in got) == seeds
+    cached = ViewStream(seeds, str(tmp_path), views=1, workers=2)  # now read from the cache, no pool
+    assert cached.pool is None and sorted(v.seed for v in cached.ready()) == seeds and not cached.more
+    again = {v.seed: v for v in cached_views(seeds, str(tmp_path), views=1)}
+    for v in got:
+        assert np.array_equal(v.image, again[v.seed].image)

@@ -206,3 +206,41 @@ def test_chunks_resume_and_export_a_loadable_model(tmp_path, encoder_prefix):
         px = torch.rand(1, 3, 518, 518)
         ref = T.load_network(encoder_prefix, dtype="fp32")(px)
         assert torch.allclose(pipe.image_encoder(px), ref, atol=0.05)
+
+
+def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_one(tmp_path, encoder_prefix, capsys):
+    """The autoencoders read no condition tokens, so they can train while the encoder pre-trains."""
+    work = tmp_path / "work"
+    common = ["--work", str(work), "--architecture", "tiny", "--objects", "2", "--views", "1", "--workers", "1",
+              "--vae-batch", "1", "--flow-batch", "2", "--ss-batch", "2", "--render-size", "160",
+              "--total-minutes", "0.05", "--data-cache", str(tmp_path / "data")]
+    T.main(common + ["--minutes", "0.12"])
+    first = json.loads((work / "ckpt" / "state.json").read_text())
+    assert first["encoder"] is None and first["steps"]["vae"] > 0 and first["steps"]["flow"] == 0
+    assert first["slat_normalization"] is not None and "the flow phase needs --encoder" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="needs the --encoder"):
+        T.main(common + ["--minutes", "0", "--export", str(tmp_path / "model")])
+    for group in ("flows", "ema"):  # kept without the untrained flows, as a small checkpoint
+        (work / "ckpt" / f"{group}.safetensors").unlink()
+    T.main(common + ["--encoder", str(encoder_prefix), "--minutes", "0.08"])
+    second = json.loads((work / "ckpt" / "state.json").read_text())
+    assert second["steps"]["flow"] > 0 and second["steps"]["vae"] == first["steps"]["vae"]
+    assert second["encoder"] == T.weights_digest(T.load_network(encoder_prefix, dtype="fp32"))
+    with pytest.raises(ValueError, match="no --encoder was given"):  # the flows now belong to that encoder
+        T.Trainer(T.parse(T.TrainConfig, common), device="cpu").load()
+
+
+def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
+    """checkpoints/2026-12-02 (docs/training.md): the pre-trained encoder and the autoencoder phase's
+    checkpoint, kept so that the next GPU session starts at the flows. The trainer must take both."""
+    import shutil
+    from pathlib import Path
+
+    kept = Path(__file__).resolve().parents[1] / "checkpoints" / "2026-12-02"
+    work = tmp_path / "work"
+    shutil.copytree(kept / "autoencoders", work / "ckpt")
+    trainer = T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder"), objects=2400), device="cpu")
+    trainer.load()
+    assert trainer.state.steps == {"vae": 955, "flow": 0} and trainer.state.objects == 2400
+    assert trainer.state.encoder == T.weights_digest(trainer.encoder)
+    assert trainer.encoder.width == SMALL.width and len(trainer.encoder.vit.blocks) == 6

@@ -105,3 +105,28 @@ def test_set_attn_processor_by_module_path():
     assert len(rec.calls) == 1 and rec.calls[0][1] == (1, 3, 4, 8)
     with pytest.raises(KeyError, match="no attention module"):
         set_attn_processor(model, {"blocks.9.cross_attn": rec})
+
+
+@pytest.mark.parametrize("path", ["padded", "windowed"])
+@torch.enable_grad()  # the tests run under no_grad (conftest)
+def test_gathered_attention_has_the_per_element_gradients(path):
+    """The padded and windowed paths gather rows with ``index_select`` (whose backward is a scatter-add,
+    far faster on a GPU than the sort-based backward of advanced indexing); the gradients are those
+    of attention run element by element (or window by window, through the explicit processor)."""
+    torch.manual_seed(1)
+    coords = random_voxels((12, 20, 7))
+    feats = torch.randn(39, 32, requires_grad=True)
+    if path == "padded":
+        attn = MultiHeadAttention(32, 4, type="self")
+        fast = attn(SparseTensor(feats, coords)).feats
+        whole = SparseTensor(feats, coords)
+        slow = torch.cat([attn(whole[b]).feats for b in range(whole.batch_size)])
+    else:
+        attn = MultiHeadAttention(32, 4, type="self", attn_mode="windowed", window_size=4)
+        fast = attn(SparseTensor(feats, coords)).feats
+        attn.processor = ExplicitProcessor()
+        slow = attn(SparseTensor(feats, coords)).feats
+    weights = torch.randn_like(fast)
+    g_fast, = torch.autograd.grad((fast * weights).sum(), feats)
+    g_slow, = torch.autograd.grad((slow * weights).sum(), feats)
+    assert (fast - slow).abs().max() < 1e-5 and (g_fast - g_slow).abs().max() < 1e-4

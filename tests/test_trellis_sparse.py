@@ -180,3 +180,15 @@ def test_the_dense_training_path_equals_the_sparse_one_with_gradients():
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-10)
     assert conv.dense is False, "restored on exit"
+
+
+@torch.enable_grad()  # the tests run under no_grad (conftest)
+def test_per_element_operands_get_their_rows_summed_gradients():
+    """``x * scale`` with ``scale [B, C]`` reads row ``batch_index``; the gradient of ``scale`` is the sum
+    over each element's rows."""
+    coords = random_voxels((5, 9, 3))
+    feats = torch.randn(17, 4)
+    scale = torch.randn(3, 4, requires_grad=True)
+    (SparseTensor(feats, coords) * scale).feats.sum().backward()
+    expected = torch.stack([feats[sl].sum(0) for sl in SparseTensor(feats, coords).layout])
+    assert torch.allclose(scale.grad, expected, atol=1e-6)

@@ -30,7 +30,7 @@ from ..data import KINDS
 from ..trellis.checkpoint import read_json, read_safetensors, save_network, write_json, write_safetensors
 from ..trellis.dinov2 import DinoV2Encoder
 from .config import REQUIRED, option, parse, save_config
-from .views import GRID, NUM_CLASSES, ViewSample, cached_views
+from .views import GRID, NUM_CLASSES, ViewSample, cached_views, make_views, object_views, save_views, view_cache_path
 
 #: the patch targets and their widths, in the order of the patch head's outputs
 PATCH_TARGETS = {"part": NUM_CLASSES, "coverage": 1, "albedo": 3, "normal": 3, "position": 3}
@@ -51,7 +51,9 @@ class PretrainConfig:
     width: int = option(128, "token width (= the flows' cond_channels)")
     depth: int = option(6, "transformer blocks")
     heads: int = option(4, "attention heads")
-    workers: int = option(1, "processes that render the data")
+    workers: int = option(1, "processes that render the data (training starts on the first renders)")
+    permute_colours: bool = option(True, "permute each image's RGB channels and its colour target alike (exact: the "
+                                         "renderer's lighting only scales colours)")
     data_cache: Optional[str] = option(None, "folder that keeps the rendered views between chunks")
     seed: int = option(0, "seed of the initialisation and the batch order")
     bf16: bool = option(True, "bfloat16 autocast on CUDA (CPU runs float32)")
@@ -90,6 +92,20 @@ def stack_targets(samples: List[ViewSample], device) -> Dict[str, torch.Tensor]:
     for name in PATCH_TARGETS:
         v = t(name)
         out[name] = v.reshape(len(samples), GRID * GRID, -1)
+    return out
+
+
+def permute_colours(target: Dict[str, torch.Tensor], generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """The same random permutation of the RGB channels on each image and on its unshaded-colour target.
+
+    The renderer's lights only scale a colour (:mod:`fuse3d.data.render`), so a permuted image is
+    exactly the render of the object with permuted colours: six times the colours at no render cost.
+    """
+    b = target["pixels"].shape[0]
+    perm = torch.argsort(torch.rand(b, 3, generator=generator), -1).to(target["pixels"].device)
+    out = dict(target)
+    out["pixels"] = torch.gather(target["pixels"], 1, perm[:, :, None, None].expand_as(target["pixels"]))
+    out["albedo"] = torch.gather(target["albedo"], 2, perm[:, None, :].expand_as(target["albedo"]))
     return out
 
 
@@ -136,6 +152,7 @@ class EncoderPretrainer:
         self.state = PretrainState()
         self.rng = np.random.default_rng(config.seed)
         self.data: List[ViewSample] = []
+        self.generator = torch.Generator().manual_seed(config.seed)
 
     @property
     def folder(self) -> Path:
@@ -148,6 +165,8 @@ class EncoderPretrainer:
 
     def step(self, samples: List[ViewSample], lr: float) -> Dict[str, float]:
         target = stack_targets(samples, self.device)
+        if self.config.permute_colours:
+            target = permute_colours(target, self.generator)
         use_bf16 = self.config.bf16 and self.device == "cuda"
         with torch.enable_grad(), torch.autocast(self.device, dtype=torch.bfloat16, enabled=use_bf16):
             losses = dense_losses(self.heads(self.encoder(target["pixels"])), target)
@@ -174,23 +193,30 @@ class EncoderPretrainer:
             self.load(self.folder / "ckpt")
             print(f"resumed at step {self.state.steps}", flush=True)
         seeds = list(range(cfg.seed_base, cfg.seed_base + cfg.objects))
-        self.data = cached_views(seeds, cfg.data_cache, views=cfg.views, workers=cfg.workers)
-        print(f"{len(self.data)} views of {cfg.objects} objects ready in {time.time() - start:.0f} s", flush=True)
+        stream = ViewStream(seeds, cfg.data_cache, views=cfg.views, workers=cfg.workers)
         local, last_save = 0, time.time()
-        while time.time() - start < cfg.minutes * 60:
-            t0 = time.time()
-            batch = [self.data[i] for i in self.rng.integers(len(self.data), size=cfg.batch)]
-            losses = self.step(batch, self.lr(local))
-            self.state.seconds += time.time() - t0
-            local += 1
-            if self.state.steps % 25 == 0 or local == 1:
-                row = {"step": self.state.steps, "s_per_step": round(self.state.seconds / max(local, 1), 3),
-                       **{k: round(v, 4) for k, v in losses.items()}}
-                self.state.log.append(row)
-                print(row, flush=True)
-            if time.time() - last_save > 300:
-                self.save(self.folder / "ckpt")
-                last_save = time.time()
+        try:
+            while time.time() - start < cfg.minutes * 60:
+                if stream.more and (local % 20 == 0 or len(self.data) < cfg.batch):
+                    self.data.extend(stream.ready(wait=len(self.data) < cfg.batch))
+                    if not stream.more:
+                        print(f"{len(self.data)} views of {cfg.objects} objects ready in {time.time() - start:.0f} s",
+                              flush=True)
+                t0 = time.time()
+                batch = [self.data[i] for i in self.rng.integers(len(self.data), size=cfg.batch)]
+                losses = self.step(batch, self.lr(local))
+                self.state.seconds += time.time() - t0
+                local += 1
+                if self.state.steps % 25 == 0 or local == 1:
+                    row = {"step": self.state.steps, "s_per_step": round(self.state.seconds / max(local, 1), 3),
+                           "views": len(self.data), **{k: round(v, 4) for k, v in losses.items()}}
+                    self.state.log.append(row)
+                    print(row, flush=True)
+                if time.time() - last_save > 300:
+                    self.save(self.folder / "ckpt")
+                    last_save = time.time()
+        finally:
+            stream.close()
         self.save(self.folder / "ckpt")
         self.export(self.folder / "encoder")
         print(f"saved {self.folder / 'ckpt'} and exported {self.folder / 'encoder'} at step {self.state.steps}", flush=True)
@@ -220,12 +246,69 @@ class EncoderPretrainer:
         prefix = Path(prefix)
         save_network(self.ema, prefix, "DinoV2Encoder", self.ema.config)
         cfg = self.config
+        seen = sorted({int(v.seed) for v in self.data})  # a chunk can end before every object is rendered
         write_json(prefix.with_name(prefix.name + ".pretrain.json"), {
-            "objects": cfg.objects, "views": cfg.objects * cfg.views,
-            "seeds": f"{cfg.seed_base}:{cfg.seed_base + cfg.objects}", "steps": self.state.steps,
+            "objects": len(seen) or cfg.objects, "views": len(self.data) or cfg.objects * cfg.views,
+            "seeds": f"{len(seen) or cfg.objects} of {cfg.seed_base}:{cfg.seed_base + cfg.objects}", "steps": self.state.steps,
             "targets": ["part-category shares", "object coverage", "unshaded colour", "world normal",
                         "object-space position", "kind and camera direction (CLS)"]})
         return prefix
+
+
+class ViewStream:
+    """The pre-training renders of ``seeds``, read from the cache when it holds them, otherwise rendered
+    in ``workers`` processes and handed over as they finish, so that training starts on the first
+    ones while the rest render. The full set is written to the cache once every object is in."""
+
+    def __init__(self, seeds: List[int], cache_dir: Optional[str], views: int, workers: int):
+        self.path = view_cache_path(seeds, cache_dir, views=views) if cache_dir else None
+        self.buffer: List[ViewSample] = []
+        self.pending, self.pool = [], None
+        if self.path is not None and self.path.is_file():
+            self.buffer = cached_views(seeds, cache_dir, views=views)
+        elif workers <= 1:
+            self.buffer = make_views(seeds, views=views)
+            self._store(self.buffer)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers)
+            self.pending = [self.pool.submit(object_views, s, views) for s in seeds]
+        self._all: List[ViewSample] = []
+
+    @property
+    def more(self) -> bool:
+        """Whether views are still to come."""
+        return bool(self.buffer or self.pending)
+
+    def ready(self, wait: bool = False) -> List[ViewSample]:
+        """Views finished since the last call (blocking for at least one object when ``wait``)."""
+        if self.buffer:
+            out, self.buffer = self.buffer, []
+            return out
+        if wait and self.pending:
+            from concurrent.futures import FIRST_COMPLETED
+            from concurrent.futures import wait as wait_for
+
+            wait_for(self.pending, return_when=FIRST_COMPLETED)
+        done = [f for f in self.pending if f.done()]
+        self.pending = [f for f in self.pending if not f.done()]
+        out = [v for f in done for v in f.result()]
+        self._all.extend(out)
+        if not self.pending:
+            self._store(self._all)
+            self.close()
+        return out
+
+    def _store(self, samples: List[ViewSample]) -> None:
+        if self.path is not None and not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_views(self.path, samples)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
 
 def main(argv=None) -> None:

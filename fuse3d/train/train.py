@@ -58,7 +58,8 @@ CKPT_GROUPS = {"vae": VAE_NETS, "flows": FLOW_NETS}
 @dataclass
 class TrainConfig:
     work: str = option(REQUIRED, "working folder (checkpoint in WORK/ckpt)")
-    encoder: str = option(REQUIRED, "the pre-trained condition encoder: a ckpts prefix (PREFIX.json + PREFIX.safetensors)")
+    encoder: Optional[str] = option(None, "the pre-trained condition encoder, a ckpts prefix (PREFIX.json + PREFIX.safetensors); "
+                                          "the flow phase needs it, the autoencoder phase reads none")
     architecture: str = option("small", f"network widths: {', '.join(ARCHITECTURES)}")
     minutes: float = option(9.0, "wall time of this chunk, building the data included (0: only --export)")
     total_minutes: float = option(60.0, "planned training time over all chunks (the cosine schedules)")
@@ -96,7 +97,7 @@ class TrainState:
     """What a checkpoint records besides weights (``state.json``)."""
 
     architecture: str
-    encoder: str  # sha256 of the frozen encoder's weights: a chunk refuses to resume with another
+    encoder: Optional[str]  # sha256 of the frozen encoder's weights (None until a chunk had one): no resuming with another
     objects: int
     steps: Dict[str, int] = field(default_factory=lambda: {"vae": 0, "flow": 0})
     seconds: Dict[str, float] = field(default_factory=lambda: {"vae": 0.0, "flow": 0.0})
@@ -238,7 +239,7 @@ def structure_flow_loss(flow, x0: torch.Tensor, t: torch.Tensor, cond: torch.Ten
 
 def latent_flow_loss(flow, x0: SparseTensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """Rectified-flow loss of the latent flow on normalised structured latents at times ``t [B]``."""
-    xt, v = flow_target(x0.feats, t[x0.batch_index][:, None], torch.randn_like(x0.feats))
+    xt, v = flow_target(x0.feats, t.index_select(0, x0.batch_index)[:, None], torch.randn_like(x0.feats))
     return F.mse_loss(flow(x0.replace(xt), 1000 * t, cond).feats, v)
 
 
@@ -314,12 +315,15 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.nets = {n: self.arch.build(n, self.device).train() for n in VAE_NETS + FLOW_NETS}
-        self.encoder = load_network(config.encoder, device=self.device, dtype="fp32").eval().requires_grad_(False)
-        if self.encoder.width != self.arch.width:
-            raise ValueError(f"the encoder {config.encoder} has width {self.encoder.width}; the {self.arch.name} "
-                             f"architecture's flows read {self.arch.width}")
+        self.encoder = None
+        if config.encoder is not None:
+            self.encoder = load_network(config.encoder, device=self.device, dtype="fp32").eval().requires_grad_(False)
+            if self.encoder.width != self.arch.width:
+                raise ValueError(f"the encoder {config.encoder} has width {self.encoder.width}; the {self.arch.name} "
+                                 f"architecture's flows read {self.arch.width}")
         self.ema = {n: copy.deepcopy(self.nets[n]).requires_grad_(False) for n in FLOW_NETS}
-        self.state = TrainState(self.arch.name, weights_digest(self.encoder), config.objects)
+        digest = None if self.encoder is None else weights_digest(self.encoder)
+        self.state = TrainState(self.arch.name, digest, config.objects)
         self.data: List[ObjectSample] = []
         self.flow_data: Optional[FlowData] = None
         self._started = time.time()
@@ -411,6 +415,8 @@ class Trainer:
             self.load()
             print(f"resumed from {self.ckpt}: {self.state.steps}", flush=True)
         if cfg.minutes <= 0:
+            if cfg.export and self.encoder is None:
+                raise ValueError("--export needs the --encoder the flows were trained with")
             if cfg.export:
                 print("exported", self.export(Path(cfg.export)), flush=True)
             return
@@ -431,7 +437,9 @@ class Trainer:
             print("structure latent rescaled by", self.state.structure_latent_scale, flush=True)
 
         # phase 2: the flows, on frozen autoencoders and frozen tokens
-        if self.state.slat_normalization is not None and self.chunk_left():
+        if self.state.slat_normalization is not None and self.encoder is None:
+            print("the autoencoders are trained; the flow phase needs --encoder", flush=True)
+        elif self.state.slat_normalization is not None and self.chunk_left():
             for n in VAE_NETS:
                 self.nets[n].eval().requires_grad_(False)
             norm = [torch.tensor(self.state.slat_normalization[k], device=self.device) for k in ("mean", "std")]
@@ -441,7 +449,7 @@ class Trainer:
             self.run_phase("flow", self._trained_flows(), self.flow_losses, self.chunk_left)
         self.save()
         print(f"saved {self.ckpt}: {self.state.steps}, seconds {self.state.seconds}", flush=True)
-        if cfg.export and self.state.slat_normalization is not None:
+        if cfg.export and self.state.slat_normalization is not None and self.encoder is not None:
             print("exported", self.export(Path(cfg.export)), flush=True)
 
     # ------------------------------------------------------------------ checkpoints and export
@@ -457,16 +465,19 @@ class Trainer:
 
     def load(self) -> None:
         """Resume from the checkpoint. Without ``ema.safetensors`` (left behind to carry a smaller
-        checkpoint), the moving averages restart from the loaded weights."""
+        checkpoint), the moving averages restart from the loaded weights; before any flow step,
+        ``flows.safetensors`` may be left behind too (the flows start from their initialisation)."""
         state = TrainState(**read_json(self.ckpt / "state.json"))
         if state.architecture != self.arch.name:
             raise ValueError(f"{self.ckpt} holds a {state.architecture!r} model, not {self.arch.name!r}")
-        if state.encoder != self.state.encoder:
-            raise ValueError(f"{self.ckpt} was trained with another condition encoder ({state.encoder}); "
-                             f"{self.config.encoder} is {self.state.encoder}")
+        if state.encoder is not None and state.encoder != self.state.encoder:
+            given = "no --encoder was given" if self.encoder is None else f"{self.config.encoder} is {self.state.encoder}"
+            raise ValueError(f"{self.ckpt} was trained with another condition encoder ({state.encoder}); {given}")
         groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
         if not (self.ckpt / "ema.safetensors").is_file():
             del groups["ema"]
+        if state.steps["flow"] == 0 and not (self.ckpt / "flows.safetensors").is_file():
+            del groups["flows"]  # an autoencoder-phase checkpoint kept without its untrained flows
         for group, modules in groups.items():
             tensors = read_safetensors(self.ckpt / f"{group}.safetensors")
             for n, m in modules.items():
@@ -475,6 +486,8 @@ class Trainer:
         if "ema" not in groups:
             for n, m in self.ema.items():
                 m.load_state_dict(self.nets[n].state_dict())
+        state.encoder = self.state.encoder  # an autoencoder-only checkpoint takes the encoder of this chunk
+        state.objects = max(state.objects, self.config.objects)  # chunks read the first seeds onwards
         self.state = state
 
     def description(self) -> str:

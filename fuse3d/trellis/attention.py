@@ -236,7 +236,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._project(rows, context)
         mask = valid[:, None, None, :] if self.attn_type == "self" else None
         out = self.processor(self, q, k, v, batch=range(x.batch_size), mask=mask)
-        return out[order, slot]
+        return out.flatten(0, 1).index_select(0, order * out.shape[1] + slot)
 
     def _forward_windowed(self, x: SparseTensor) -> torch.Tensor:
         ws = self.window_size
@@ -252,7 +252,7 @@ class MultiHeadAttention(nn.Module):
 
         def pad(t: torch.Tensor) -> torch.Tensor:
             out = t.new_zeros(n_windows, max_len, self.num_heads, self.head_dim)
-            out[window_id, slot] = t[order]
+            out[window_id, slot] = t.index_select(0, order)
             return out
 
         valid = torch.zeros(n_windows, max_len, dtype=torch.bool, device=x.device)
@@ -260,7 +260,7 @@ class MultiHeadAttention(nn.Module):
         mask = None if bool(valid.all()) else valid[:, None, None, :]
         out_w = self.processor(self, pad(q), pad(k), pad(v), batch=range(x.batch_size), mask=mask)
         out = torch.empty_like(q)
-        out[order] = out_w[window_id, slot]
+        out[order] = out_w.flatten(0, 1).index_select(0, window_id * max_len + slot)
         return out
 
 

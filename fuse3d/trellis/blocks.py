@@ -64,7 +64,7 @@ def with_feats(x: Rows, f: torch.Tensor) -> Rows:
 def per_sample(x: Rows, v: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-sample ``[B, C]`` vector to the rows of ``x``."""
     if isinstance(x, SparseTensor):
-        return v[x.batch_index]
+        return v.index_select(0, x.batch_index)
     return v[:, None, :]
 
 

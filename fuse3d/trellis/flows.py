@@ -178,7 +178,7 @@ class SparseResBlock3d(nn.Module):
             x = self.updown(x)
         h = x.replace(F.silu(self.norm1(x.feats)))
         h = self.conv1(h)
-        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale[h.batch_index]) + shift[h.batch_index]))
+        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale.index_select(0, h.batch_index)) + shift.index_select(0, h.batch_index)))
         h = self.conv2(h)
         return h + self.skip_connection(x)
 

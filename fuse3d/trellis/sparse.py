@@ -195,7 +195,7 @@ class SparseTensor:
         if isinstance(other, torch.Tensor) and other.ndim > 0:
             # A dense operand holds per-batch values ([B, C] or broadcastable to it) ...
             try:
-                return torch.broadcast_to(other, self.shape)[self.batch_index]
+                return torch.broadcast_to(other, self.shape).index_select(0, self.batch_index)
             except RuntimeError:
                 pass  # ... or one row per voxel ([N, C]).
         return other
@@ -460,7 +460,7 @@ class SparseUpsample(nn.Module):
         if entry is None:
             raise ValueError("SparseUpsample needs a tensor produced by a matching SparseDownsample")
         fine_coords, inverse, fine_cache = entry
-        return SparseTensor(x.feats[inverse], fine_coords, x.batch_size, spatial_cache=fine_cache)
+        return SparseTensor(x.feats.index_select(0, inverse), fine_coords, x.batch_size, spatial_cache=fine_cache)
 
 
 class SparseSubdivide(nn.Module):
