@@ -32,3 +32,16 @@ def test_lambda_curves(run):
     fig = lambda_curves(run, [0.0, 1.0, 3.0])
     assert len(fig.data) == run.K + 1
     assert list(fig.data[0].y) == pytest.approx([r.lambdas[0] for r in (run.retune(strength=s) for s in (0, 1, 3))])
+
+
+def test_runs_by_count_share_captures_and_the_figure_follows_them(run):
+    from viz import count_figure, runs_by_count
+
+    runs = runs_by_count(run)
+    assert sorted(runs) == list(range(1, run.K + 1)) and runs[run.K].K == run.K
+    assert runs[1].key("capture", 0) == run.key("capture", 0), "a local's capture does not depend on the others"
+    fig = count_figure(runs)
+    names = [t.name for t in fig.data if t.name]
+    assert any("aligned cells" in n for n in names) and "global λ" in names and "unaligned cells" in names
+    with pytest.raises(ValueError, match="counts must be in"):
+        runs_by_count(run, [0])

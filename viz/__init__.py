@@ -22,7 +22,8 @@ Assets (:mod:`viz.assets`)
 Tuning (:mod:`viz.widgets`, :mod:`viz.lambdas`, :mod:`viz.metrics`)
     ``HeadTuner(run)`` head checkboxes + threshold + refine over a ``FigureWidget``, no network;
     ``lambda_sweep(run, strengths)`` + ``lambda_sweep_figure(sweep)`` slider over cached results;
-    ``lambda_curves(run, strengths)``; ``alignment_table`` / ``iou_figure`` IoU vs ground truth.
+    ``lambda_curves(run, strengths)``; ``count_figure(runs_by_count(run))`` alignment and λ against
+    the number of local images (C.5); ``alignment_table`` / ``iou_figure`` IoU vs ground truth.
 Causal effects (:mod:`viz.causal`)
     ``intervention_figure(fuse3d.causal.head_effects(run, k))`` heads × blocks: how much ablating
     each changes local ``k``'s part.
@@ -39,7 +40,7 @@ from .assets import asset_colors, asset_figure, change_figure, compare_figure, g
 from .attention import alignment_figure, head_grid, refinement_figure, reverse_figure, score_figure
 from .causal import intervention_figure
 from .examples import Example, cache_dir, demo_structure, load_example
-from .lambdas import Sweep, lambda_curves, lambda_sweep, lambda_sweep_figure
+from .lambdas import Sweep, count_figure, lambda_curves, lambda_sweep, lambda_sweep_figure, runs_by_count
 from .metrics import alignment_table, iou, iou_figure
 from .style import model_label, write_html
 from .summary import summary
@@ -50,9 +51,9 @@ from .widgets import HeadTuner
 __all__ = [
     "browser", "render", "style",
     "Example", "HeadTuner", "Sweep", "alignment_figure", "alignment_table", "asset_colors", "asset_figure",
-    "cache_dir", "change_figure", "compare_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure",
+    "cache_dir", "change_figure", "compare_figure", "count_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure",
     "exposed_faces", "gaussians_figure", "head_grid", "intervention_figure", "iou", "iou_figure", "lambda_curves",
     "lambda_sweep",
     "lambda_sweep_figure", "load_example", "mesh_figure", "model_label", "refinement_figure", "reverse_figure",
-    "score_figure", "summary", "voxel_figure", "voxel_mesh", "voxel_scatter", "write_html",
+    "runs_by_count", "score_figure", "summary", "voxel_figure", "voxel_mesh", "voxel_scatter", "write_html",
 ]

@@ -78,3 +78,43 @@ def lambda_curves(run, strengths: Sequence[float]) -> go.Figure:
     fig.update_layout(title=style.title(f"λ per region vs strength (mode {run.params.lambda_mode!r})", run),
                       xaxis_title="strength s", yaxis_title="λ", width=760, height=420, margin=dict(l=10, r=10, t=80, b=40))
     return fig
+
+
+def runs_by_count(run, counts: Sequence[int] = None) -> dict:
+    """Appendix C.5: the same run with its first ``n`` local images, for each ``n`` in ``counts``
+    (default ``1..K``). Captures are shared through the cache (a local image's capture does not
+    depend on the others); reverse alignment, λ and the final sampling are redone per count."""
+    counts = list(range(1, run.K + 1)) if counts is None else [int(n) for n in counts]
+    bad = [n for n in counts if not 1 <= n <= run.K]
+    if bad:
+        raise ValueError(f"counts must be in 1..{run.K}, got {bad}")
+    return {n: run.fuse3d.run(run.global_condition, run.local_conditions[:n], lazy=True,
+                              structure=run.user_structure, **run.params.as_dict()) for n in counts}
+
+
+def count_figure(runs: dict) -> go.Figure:
+    """How alignment and λ change with the number of local images (``runs_by_count``): aligned cells
+    per local image, the unaligned cells and |D_g|, and λ per region, against the count."""
+    from plotly.subplots import make_subplots
+
+    counts = sorted(runs)
+    last = runs[counts[-1]]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cells", "λ per region"), horizontal_spacing=0.12)
+    for k in range(last.K):
+        xs = [n for n in counts if n > k]
+        color, name = style.local_color(k), last.local_conditions[k].name
+        fig.add_trace(go.Scatter(x=xs, y=[int(runs[n].refined_mask(k).sum()) for n in xs], mode="lines+markers",
+                                 line=dict(color=color), name=f"{name}: aligned cells", legendgroup=name), 1, 1)
+        fig.add_trace(go.Scatter(x=xs, y=[runs[n].lambdas[k] for n in xs], mode="lines+markers", showlegend=False,
+                                 line=dict(color=color), legendgroup=name), 1, 2)
+    fig.add_trace(go.Scatter(x=counts, y=[int(runs[n].unaligned.sum()) for n in counts], mode="lines+markers",
+                             line=dict(color=style.NEUTRAL, dash="dot"), name="unaligned cells"), 1, 1)
+    fig.add_trace(go.Scatter(x=counts, y=[len(runs[n].global_patches) for n in counts], mode="lines+markers",
+                             line=dict(color="#555555", dash="dash"), name="|D_g| (global patches)"), 1, 1)
+    if not last.params.inpainting:
+        fig.add_trace(go.Scatter(x=counts, y=[runs[n].lambdas[-1] for n in counts], mode="lines+markers",
+                                 line=dict(color="#555555"), name="global λ"), 1, 2)
+    fig.update_xaxes(title_text="local images", dtick=1)
+    fig.update_layout(title=style.title("Alignment and λ against the number of local images (appendix C.5)", last),
+                      width=980, height=440, margin=dict(l=10, r=10, t=90, b=40))
+    return fig
