@@ -1,4 +1,6 @@
 """Condition-encoder pre-training: heads, losses, a step that learns, checkpoints and export."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,10 @@ def test_checkpoints_resume_and_export_a_loadable_encoder(samples, tmp_path):
     assert b.state.steps == 1
     for (k, x), (_, y) in zip(a.encoder.state_dict().items(), b.encoder.state_dict().items()):
         assert torch.equal(x, y), k
+    a.data = list(samples)  # a chunk that ended with one object rendered says so in the sidecar
     enc = load_network(a.export(tmp_path / "encoder"), dtype="fp32")
+    about = json.loads((tmp_path / "encoder.pretrain.json").read_text())
+    assert (about["objects"], about["views"], about["seeds"]) == (1, 2, "1 of seeds 100000:100600")
     px = torch.as_tensor(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         assert torch.allclose(enc(px), a.ema(px), atol=1e-5)

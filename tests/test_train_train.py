@@ -26,7 +26,7 @@ def encoder_prefix(tmp_path_factory):
     folder = tmp_path_factory.mktemp("encoder")
     enc = randomize_(TINY.build_encoder(), torch.Generator().manual_seed(3)).eval()
     save_network(enc, folder / "encoder", "DinoV2Encoder", enc.config)
-    write_json(folder / "encoder.pretrain.json", {"objects": 5, "views": 20, "seeds": "100000:100005", "steps": 7,
+    write_json(folder / "encoder.pretrain.json", {"objects": 5, "views": 20, "seeds": "seeds 100000:100005", "steps": 7,
                                                  "targets": ["part-category shares", "object-space position"]})
     return folder / "encoder"
 

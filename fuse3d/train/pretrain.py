@@ -249,7 +249,9 @@ class EncoderPretrainer:
         seen = sorted({int(v.seed) for v in self.data})  # a chunk can end before every object is rendered
         write_json(prefix.with_name(prefix.name + ".pretrain.json"), {
             "objects": len(seen) or cfg.objects, "views": len(self.data) or cfg.objects * cfg.views,
-            "seeds": f"{len(seen) or cfg.objects} of {cfg.seed_base}:{cfg.seed_base + cfg.objects}", "steps": self.state.steps,
+            "seeds": (f"seeds {cfg.seed_base}:{cfg.seed_base + cfg.objects}" if len(seen) in (0, cfg.objects)
+                      else f"{len(seen)} of seeds {cfg.seed_base}:{cfg.seed_base + cfg.objects}"),
+            "steps": self.state.steps,
             "targets": ["part-category shares", "object coverage", "unshaded colour", "world normal",
                         "object-space position", "kind and camera direction (CLS)"]})
         return prefix

@@ -495,7 +495,7 @@ class Trainer:
         about = read_json(encoder.with_name(encoder.name + ".pretrain.json")) if encoder.with_name(
             encoder.name + ".pretrain.json").is_file() else None
         enc = (f"a condition encoder pre-trained on {about['views']} renders of {about['objects']} procedural objects "
-               f"(seeds {about['seeds']}) to expose {', '.join(about['targets'])} per patch, frozen"
+               f"({about['seeds']}) to expose {', '.join(about['targets'])} per patch, frozen"
                if about else "a frozen pre-trained condition encoder")
         s = self.state
         return (f"small TRELLIS-architecture model trained by fuse3d on procedural part-labelled objects "
