@@ -130,3 +130,20 @@ def test_gathered_attention_has_the_per_element_gradients(path):
     g_fast, = torch.autograd.grad((fast * weights).sum(), feats)
     g_slow, = torch.autograd.grad((slow * weights).sum(), feats)
     assert (fast - slow).abs().max() < 1e-5 and (g_fast - g_slow).abs().max() < 1e-4
+
+
+def test_windowed_attention_reads_nothing_from_the_host_once_its_plan_is_built(monkeypatch):
+    """The window plan (sort order, slots, window count, mask) is built once per structure; a forward
+    on the same voxels (``x.replace(feats)``, as every sampler step does) then makes no host read."""
+    torch.manual_seed(2)
+    attn = MultiHeadAttention(32, 4, type="self", attn_mode="windowed", window_size=4, shift_window=2)
+    x = SparseTensor(torch.randn(39, 32), random_voxels((12, 20, 7)))
+    first = attn(x).feats
+    x.layout  # the layout too is per structure
+    reads = []
+    for name in ("item", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _o=original, **k: reads.append(_n) or _o(self, *a, **k))
+    again = attn(x.replace(x.feats.clone())).feats
+    monkeypatch.undo()
+    assert reads == [] and torch.equal(first, again)

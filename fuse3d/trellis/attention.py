@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -239,29 +239,45 @@ class MultiHeadAttention(nn.Module):
         return out.flatten(0, 1).index_select(0, order * out.shape[1] + slot)
 
     def _forward_windowed(self, x: SparseTensor) -> torch.Tensor:
-        ws = self.window_size
-        order, window_id = x.cache(
-            f"window_{ws}_{self.shift_window}", lambda: window_partition(x.coords, ws, self.shift_window)
-        )
+        plan = x.cache(f"window_{self.window_size}_{self.shift_window}",
+                       lambda: window_plan(x.coords, self.window_size, self.shift_window))
         q, k, v = self._project(x.feats, None)  # [N, H, D]
-        n_windows = int(window_id[-1].item()) + 1 if window_id.numel() else 0
-        counts = torch.bincount(window_id, minlength=n_windows)
-        max_len = int(counts.max().item()) if n_windows else 0
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(order.shape[0], device=order.device) - starts[window_id]
 
         def pad(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_zeros(n_windows, max_len, self.num_heads, self.head_dim)
-            out[window_id, slot] = t.index_select(0, order)
+            out = t.new_zeros(plan.windows, plan.max_len, self.num_heads, self.head_dim)
+            out[plan.window_id, plan.slot] = t.index_select(0, plan.order)
             return out
 
-        valid = torch.zeros(n_windows, max_len, dtype=torch.bool, device=x.device)
-        valid[window_id, slot] = True
-        mask = None if bool(valid.all()) else valid[:, None, None, :]
-        out_w = self.processor(self, pad(q), pad(k), pad(v), batch=range(x.batch_size), mask=mask)
+        out_w = self.processor(self, pad(q), pad(k), pad(v), batch=range(x.batch_size), mask=plan.mask)
         out = torch.empty_like(q)
-        out[order] = out_w.flatten(0, 1).index_select(0, window_id * max_len + slot)
+        out[plan.order] = out_w.flatten(0, 1).index_select(0, plan.window_id * plan.max_len + plan.slot)
         return out
+
+
+class WindowPlan(NamedTuple):
+    """Everything windowed attention needs from the voxels, built once per structure (its host reads
+    happen here, so the forward itself makes none): the sort ``order``, each sorted voxel's
+    ``window_id`` and ``slot`` in it, the window count and longest window, and the key mask
+    ``[W, 1, 1, max_len]`` (``None`` when every window is full)."""
+
+    order: torch.Tensor
+    window_id: torch.Tensor
+    slot: torch.Tensor
+    windows: int
+    max_len: int
+    mask: Optional[torch.Tensor]
+
+
+def window_plan(coords: torch.Tensor, window_size: int, shift: int) -> WindowPlan:
+    order, window_id = window_partition(coords, window_size, shift)
+    windows = int(window_id[-1].item()) + 1 if window_id.numel() else 0
+    counts = torch.bincount(window_id, minlength=windows)
+    max_len = int(counts.max().item()) if windows else 0
+    slot = torch.arange(order.shape[0], device=order.device) - (torch.cumsum(counts, 0) - counts)[window_id]
+    valid = torch.zeros(windows, max_len, dtype=torch.bool, device=coords.device)
+    valid[window_id, slot] = True
+    mask = None if bool(valid.all()) else valid[:, None, None, :]
+    return WindowPlan(order, window_id, slot, windows, max_len, mask)
 
 
 def _padding(layout, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
