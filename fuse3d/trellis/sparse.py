@@ -430,22 +430,26 @@ class SparseDownsample(nn.Module):
         self.factor = factor
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        cell_coords, inverse, divisor, cache = x.cache(f"downsample_{self.factor}", lambda: self._cells(x))
+        sums = x.feats.new_zeros(cell_coords.shape[0], *x.feats.shape[1:])
+        sums.index_add_(0, inverse, x.feats)
+        feats = sums / divisor.to(x.feats.dtype).view(-1, *([1] * (x.feats.ndim - 1)))
+        return SparseTensor(feats, cell_coords, x.batch_size, spatial_cache=cache)
+
+    def _cells(self, x: SparseTensor):
+        """The coarse cells of ``x``'s voxels, built once per structure: their coordinates, each voxel's
+        cell, the divisor ``n + 1`` and the coarse tensors' spatial cache, which every forward on the
+        same voxels shares (so the coarse neighbour maps and windows are built once too) and which
+        remembers how to return to the fine voxels."""
         f = self.factor
         coarse = x.coords.long().clone()
         coarse[:, 1:] //= f
         extent = int(coarse[:, 1:].max().item()) + 1 if coarse.shape[0] else 1
-        keys = _voxel_keys(coarse, extent)
-        uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        n_cells = uniq.shape[0]
-        sums = x.feats.new_zeros(n_cells, *x.feats.shape[1:])
-        sums.index_add_(0, inverse, x.feats)
-        counts = torch.bincount(inverse, minlength=n_cells).to(x.feats.dtype)
-        feats = sums / (counts + 1).view(-1, *([1] * (x.feats.ndim - 1)))
-        cell_coords = torch.empty(n_cells, 4, dtype=torch.int32, device=x.device)
+        uniq, inverse = torch.unique(_voxel_keys(coarse, extent), sorted=True, return_inverse=True)
+        divisor = torch.bincount(inverse, minlength=uniq.shape[0]) + 1
+        cell_coords = torch.empty(uniq.shape[0], 4, dtype=torch.int32, device=x.device)
         cell_coords[inverse] = coarse.to(torch.int32)
-        # A fresh cache for the coarse voxel set; it remembers how to return to the fine one.
-        cache = {f"upsample_{f}": (x.coords, inverse, x._cache)}
-        return SparseTensor(feats, cell_coords, x.batch_size, spatial_cache=cache)
+        return cell_coords, inverse, divisor, {f"upsample_{f}": (x.coords, inverse, x._cache)}
 
 
 class SparseUpsample(nn.Module):
