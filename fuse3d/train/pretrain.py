@@ -30,7 +30,7 @@ from ..data import KINDS
 from ..trellis.checkpoint import read_json, read_safetensors, save_network, write_json, write_safetensors
 from ..trellis.dinov2 import DinoV2Encoder
 from .config import REQUIRED, option, parse, save_config
-from .views import GRID, NUM_CLASSES, ViewSample, cached_views, make_views, object_views, save_views, view_cache_path
+from .views import GRID, NUM_CLASSES, ViewSample, cached_views, object_views, save_views, view_cache_path
 
 #: the patch targets and their widths, in the order of the patch head's outputs
 PATCH_TARGETS = {"part": NUM_CLASSES, "coverage": 1, "albedo": 3, "normal": 3, "position": 3}
@@ -266,11 +266,8 @@ class ViewStream:
         self.path = view_cache_path(seeds, cache_dir, views=views) if cache_dir else None
         self.buffer: List[ViewSample] = []
         self.pending, self.pool = [], None
-        if self.path is not None and self.path.is_file():
+        if workers <= 1 or (self.path is not None and self.path.is_file()):
             self.buffer = cached_views(seeds, cache_dir, views=views)
-        elif workers <= 1:
-            self.buffer = make_views(seeds, views=views)
-            self._store(self.buffer)
         else:
             from concurrent.futures import ProcessPoolExecutor
 
@@ -298,14 +295,11 @@ class ViewStream:
         out = [v for f in done for v in f.result()]
         self._all.extend(out)
         if not self.pending:
-            self._store(self._all)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                save_views(self.path, self._all)
             self.close()
         return out
-
-    def _store(self, samples: List[ViewSample]) -> None:
-        if self.path is not None and not self.path.is_file():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_views(self.path, samples)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -315,6 +315,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.nets = {n: self.arch.build(n, self.device).train() for n in VAE_NETS + FLOW_NETS}
+        if config.export and config.encoder is None:
+            raise ValueError("--export needs the --encoder the flows were trained with")
         self.encoder = None
         if config.encoder is not None:
             self.encoder = load_network(config.encoder, device=self.device, dtype="fp32").eval().requires_grad_(False)
@@ -415,8 +417,6 @@ class Trainer:
             self.load()
             print(f"resumed from {self.ckpt}: {self.state.steps}", flush=True)
         if cfg.minutes <= 0:
-            if cfg.export and self.encoder is None:
-                raise ValueError("--export needs the --encoder the flows were trained with")
             if cfg.export:
                 print("exported", self.export(Path(cfg.export)), flush=True)
             return
@@ -449,7 +449,7 @@ class Trainer:
             self.run_phase("flow", self._trained_flows(), self.flow_losses, self.chunk_left)
         self.save()
         print(f"saved {self.ckpt}: {self.state.steps}, seconds {self.state.seconds}", flush=True)
-        if cfg.export and self.state.slat_normalization is not None and self.encoder is not None:
+        if cfg.export and self.state.slat_normalization is not None:
             print("exported", self.export(Path(cfg.export)), flush=True)
 
     # ------------------------------------------------------------------ checkpoints and export

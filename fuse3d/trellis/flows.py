@@ -18,6 +18,7 @@ from .blocks import (
     TimestepEmbedder,
     TorsoDtypeMixin,
     init_transformer_weights,
+    per_sample,
     zero_module,
 )
 from .sparse import SparseConv3d, SparseDownsample, SparseLinear, SparseTensor, SparseUpsample
@@ -178,7 +179,7 @@ class SparseResBlock3d(nn.Module):
             x = self.updown(x)
         h = x.replace(F.silu(self.norm1(x.feats)))
         h = self.conv1(h)
-        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale.index_select(0, h.batch_index)) + shift.index_select(0, h.batch_index)))
+        h = h.replace(F.silu(self.norm2(h.feats) * (1 + per_sample(h, scale)) + per_sample(h, shift)))
         h = self.conv2(h)
         return h + self.skip_connection(x)
 
