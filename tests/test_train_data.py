@@ -39,3 +39,30 @@ def test_saved_objects_load_back_identical(tmp_path):
     assert sorted(tmp_path.glob("objects-*.safetensors")) == files and np.array_equal(first[0].coords, again[0].coords)
     cached_objects([3], tmp_path, views=1, fine_samples=32)
     assert len(list(tmp_path.glob("objects-*.safetensors"))) == len(files) + 1
+
+
+def test_the_object_stream_hands_over_every_seed_and_fills_the_cache(tmp_path):
+    from fuse3d.train.data import ObjectStream, cached_objects
+
+    kw = dict(views=1, fine_samples=64, render_size=160)
+    with ObjectStream([3, 4, 5], str(tmp_path), workers=2, **kw) as stream:
+        got = []
+        while stream.more:
+            got.extend(stream.ready(wait=True))
+    assert sorted(s.seed for s in got) == [3, 4, 5]
+    cached = {s.seed: s for s in cached_objects([3, 4, 5], str(tmp_path), **kw)}  # the file the stream wrote
+    assert len(list(tmp_path.glob("objects-*.safetensors"))) == 1
+    for s in got:
+        assert np.array_equal(s.images, cached[s.seed].images) and np.array_equal(s.corner_sdf, cached[s.seed].corner_sdf)
+    again = ObjectStream([3, 4, 5], str(tmp_path), workers=2, **kw)  # read at once, no pool
+    assert again.pool is None and sorted(s.seed for s in again.ready()) == [3, 4, 5] and not again.more
+
+
+def test_a_closed_stream_stops_and_writes_no_partial_cache(tmp_path):
+    from fuse3d.train.data import ObjectStream
+
+    stream = ObjectStream(list(range(3, 11)), str(tmp_path), workers=2, views=1, fine_samples=64, render_size=160)
+    first = stream.ready(wait=True)
+    stream.close()
+    assert first and not stream.more and stream.ready() == []
+    assert not list(tmp_path.glob("objects-*.safetensors"))

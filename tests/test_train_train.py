@@ -103,6 +103,23 @@ def test_flow_data_holds_the_frozen_encoders_tokens(trainer, objects):
     assert x0_slat.batch_size == 2 and len(x0_slat.feats) == len(objects[2].coords) + len(objects[0].coords)
 
 
+def test_flow_data_grows_as_objects_arrive_and_equals_building_it_at_once(trainer, objects):
+    norm = [torch.zeros(8), torch.ones(8)]
+    whole = T.FlowData(trainer.nets, trainer.encoder, objects, norm, "cpu")
+    grown = T.FlowData(trainer.nets, trainer.encoder, objects[:1], norm, "cpu", capacity=1)
+    for s in objects[1:]:  # past its capacity: the token tensor grows
+        grown.add([s])
+    assert len(grown) == 3 and torch.allclose(grown.tokens.float(), whole.tokens.float(), atol=1e-2)
+    for a, b in zip(grown.slat + grown.ss, whole.slat + whole.ss):  # batched alone or together: float rounding
+        assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(grown.coords, whole.coords))
+
+
+def test_seed_ranges_cover_exactly_the_seeds():
+    assert T.seed_ranges([7, 3, 4, 5, 9, 4]) == [[3, 6], [7, 8], [9, 10]]
+    assert T.seeds_in(T.seed_ranges([7, 3, 4, 5, 9])) == [3, 4, 5, 7, 9] and T.seed_ranges([]) == []
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_one_step_trains_both_flows_and_never_the_frozen_encoder(trainer, objects, bf16):
     _flow_ready(trainer, objects)
@@ -208,6 +225,26 @@ def test_chunks_resume_and_export_a_loadable_model(tmp_path, encoder_prefix):
         assert torch.allclose(pipe.image_encoder(px), ref, atol=0.05)
 
 
+def test_chunks_stream_their_objects_and_record_every_seed_trained_on(tmp_path, encoder_prefix, capsys):
+    """Worker processes build the objects while the chunk trains; a later chunk may take new seeds, and
+    the checkpoint (and the exported model's description) counts every object trained on."""
+    work = tmp_path / "work"
+    common = ["--work", str(work), "--encoder", str(encoder_prefix), "--architecture", "tiny", "--views", "1",
+              "--workers", "2", "--vae-batch", "1", "--flow-batch", "2", "--ss-batch", "2", "--render-size", "160",
+              "--total-minutes", "0.05"]
+    T.main(common + ["--objects", "3", "--minutes", "0.12"])
+    out = capsys.readouterr().out
+    assert "3 of 3 objects ready" in out or "all 3 objects in" in out
+    first = json.loads((work / "ckpt" / "state.json").read_text())
+    assert first["seeds"] == [[100000, 100003]] and first["objects"] == 3
+    T.main(common + ["--objects", "2", "--seed-base", "100010", "--minutes", "0.1"])
+    second = json.loads((work / "ckpt" / "state.json").read_text())
+    assert second["seeds"] == [[100000, 100003], [100010, 100012]] and second["objects"] == 5
+    assert second["steps"]["flow"] > first["steps"]["flow"]
+    T.main(common + ["--minutes", "0", "--export", str(tmp_path / "model")])
+    assert "(5 objects," in load_pipeline(tmp_path / "model", progress=False).description
+
+
 def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_one(tmp_path, encoder_prefix, capsys):
     """The autoencoders read no condition tokens, so they can train while the encoder pre-trains."""
     work = tmp_path / "work"
@@ -241,6 +278,7 @@ def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     shutil.copytree(kept / "autoencoders", work / "ckpt")
     trainer = T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder"), objects=2400), device="cpu")
     trainer.load()
-    assert trainer.state.steps == {"vae": 955, "flow": 0} and trainer.state.objects == 2400
+    assert trainer.state.steps == {"vae": 955, "flow": 0} and trainer.state.objects == 1000
+    assert trainer.state.seeds == [[100000, 101000]]  # recorded before seeds were: the first ones onwards
     assert trainer.state.encoder == T.weights_digest(trainer.encoder)
     assert trainer.encoder.width == SMALL.width and len(trainer.encoder.vit.blocks) == 6

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import List
 
@@ -20,6 +21,7 @@ from ..data import fit_view, random_object, random_view, render, voxelize
 from ..data import ObjectSpec
 from ..trellis.preprocess import preprocess_image
 from ..trellis.storage import atomic_write
+from .stream import SampleStream
 from .views import FILL, RENDER_SIZE
 
 CORNERS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]])
@@ -89,7 +91,6 @@ def make_objects(seeds: List[int], workers: int = 1, **kw) -> List[ObjectSample]
     if workers <= 1:
         return [make_object(s, **kw) for s in seeds]
     from concurrent.futures import ProcessPoolExecutor
-    from functools import partial
 
     with ProcessPoolExecutor(workers) as pool:
         return list(pool.map(partial(make_object, **kw), seeds, chunksize=8))
@@ -120,16 +121,34 @@ def load_objects(path) -> List[ObjectSample]:
     return [ObjectSample(seed, **{name: split[name][i] for name in _ARRAYS}) for i, seed in enumerate(meta["seed"])]
 
 
+def object_cache_path(seeds: List[int], cache_dir, **kw) -> Path:
+    """Where :func:`cached_objects` keeps the samples of ``seeds`` (keyed by seeds and options)."""
+    key = hashlib.sha256(json.dumps([list(seeds), sorted(kw.items())]).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"objects-{key}.safetensors"
+
+
 def cached_objects(seeds: List[int], cache_dir=None, **kw) -> List[ObjectSample]:
     """:func:`make_objects`, read from / written to ``cache_dir`` (keyed by seeds and options) if given."""
     if cache_dir is None:
         return make_objects(seeds, **kw)
     workers = kw.pop("workers", 1)
-    key = hashlib.sha256(json.dumps([seeds, sorted(kw.items())]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"objects-{key}.safetensors"
+    path = object_cache_path(seeds, cache_dir, **kw)
     if path.is_file():
         return load_objects(path)
     samples = make_objects(seeds, workers=workers, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_objects(path, samples)
     return samples
+
+
+def _one_object(seed: int, **kw) -> List[ObjectSample]:
+    return [make_object(seed, **kw)]
+
+
+class ObjectStream(SampleStream):
+    """The samples of ``seeds`` handed over as ``workers`` processes finish them (or at once from
+    ``cache_dir``, the same files as :func:`cached_objects`'s); ``kw`` go to :func:`make_object`."""
+
+    def __init__(self, seeds: List[int], cache_dir=None, workers: int = 1, **kw):
+        path = object_cache_path(seeds, cache_dir, **kw) if cache_dir else None
+        super().__init__(partial(_one_object, **kw), seeds, workers, path, load_objects, save_objects)

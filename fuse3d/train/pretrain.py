@@ -19,6 +19,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -30,7 +31,8 @@ from ..data import KINDS
 from ..trellis.checkpoint import read_json, read_safetensors, save_network, write_json, write_safetensors
 from ..trellis.dinov2 import DinoV2Encoder
 from .config import REQUIRED, option, parse, save_config
-from .views import GRID, NUM_CLASSES, ViewSample, cached_views, object_views, save_views, view_cache_path
+from .stream import SampleStream
+from .views import GRID, NUM_CLASSES, ViewSample, load_views, object_views, save_views, view_cache_path
 
 #: the patch targets and their widths, in the order of the patch head's outputs
 PATCH_TARGETS = {"part": NUM_CLASSES, "coverage": 1, "albedo": 3, "normal": 3, "position": 3}
@@ -257,54 +259,13 @@ class EncoderPretrainer:
         return prefix
 
 
-class ViewStream:
-    """The pre-training renders of ``seeds``, read from the cache when it holds them, otherwise rendered
-    in ``workers`` processes and handed over as they finish, so that training starts on the first
-    ones while the rest render. The full set is written to the cache once every object is in."""
+class ViewStream(SampleStream):
+    """The pre-training renders of ``seeds`` (:func:`object_views`), read from the cache when it holds
+    them, otherwise rendered in ``workers`` processes and handed over as they finish."""
 
     def __init__(self, seeds: List[int], cache_dir: Optional[str], views: int, workers: int):
-        self.path = view_cache_path(seeds, cache_dir, views=views) if cache_dir else None
-        self.buffer: List[ViewSample] = []
-        self.pending, self.pool = [], None
-        if workers <= 1 or (self.path is not None and self.path.is_file()):
-            self.buffer = cached_views(seeds, cache_dir, views=views)
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(workers)
-            self.pending = [self.pool.submit(object_views, s, views) for s in seeds]
-        self._all: List[ViewSample] = []
-
-    @property
-    def more(self) -> bool:
-        """Whether views are still to come."""
-        return bool(self.buffer or self.pending)
-
-    def ready(self, wait: bool = False) -> List[ViewSample]:
-        """Views finished since the last call (blocking for at least one object when ``wait``)."""
-        if self.buffer:
-            out, self.buffer = self.buffer, []
-            return out
-        if wait and self.pending:
-            from concurrent.futures import FIRST_COMPLETED
-            from concurrent.futures import wait as wait_for
-
-            wait_for(self.pending, return_when=FIRST_COMPLETED)
-        done = [f for f in self.pending if f.done()]
-        self.pending = [f for f in self.pending if not f.done()]
-        out = [v for f in done for v in f.result()]
-        self._all.extend(out)
-        if not self.pending:
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                save_views(self.path, self._all)
-            self.close()
-        return out
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        path = view_cache_path(seeds, cache_dir, views=views) if cache_dir else None
+        super().__init__(partial(object_views, views=views), seeds, workers, path, load_views, save_views)
 
 
 def main(argv=None) -> None:

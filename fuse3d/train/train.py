@@ -8,7 +8,8 @@ The networks are those of an :class:`~fuse3d.trellis.architectures.Architecture`
 small``: the classes of TRELLIS-image-large at small width). The condition encoder comes
 pre-trained (:mod:`fuse3d.train.pretrain`) and stays **frozen**, as TRELLIS freezes DINOv2: its
 tokens of every training image are computed once per chunk. Training runs in time-boxed chunks
-(``--minutes`` of wall time each, building the data included) that checkpoint to ``DIR/ckpt``
+(``--minutes`` of wall time each, building the data included: training starts on the first objects
+built, and the rest join the batches as worker processes finish them) that checkpoint to ``DIR/ckpt``
 (safetensors in fp16 + ``state.json``; optimiser moments are not kept, so a resumed chunk warms its
 learning rate up again) and resume from it, in two phases that split ``--total-minutes``:
 
@@ -47,12 +48,14 @@ from ..trellis.checkpoint import load_network, read_json, read_safetensors, writ
 from ..trellis.pipeline import write_pipeline
 from ..trellis.sparse import SparseTensor, dense_convolutions
 from .config import REQUIRED, option, parse, save_config
-from .data import ObjectSample, cached_objects
+from .data import ObjectSample, ObjectStream
 
 SIGMA_MIN = 1e-5
 VAE_NETS = ("ss_encoder", "ss_decoder", "slat_encoder", "slat_decoder_gs", "slat_decoder_mesh")
 FLOW_NETS = ("ss_flow", "slat_flow")  # exported as their EMA
 CKPT_GROUPS = {"vae": VAE_NETS, "flows": FLOW_NETS}
+FIRST_OBJECTS = 64  # a chunk starts training once this many of its objects are built; the rest stream in
+NORMALIZATION_OBJECTS = 256  # objects that set the latents' scales at the end of the autoencoder phase
 
 
 @dataclass
@@ -64,11 +67,12 @@ class TrainConfig:
     minutes: float = option(9.0, "wall time of this chunk, building the data included (0: only --export)")
     total_minutes: float = option(60.0, "planned training time over all chunks (the cosine schedules)")
     vae_share: float = option(0.25, "share of the total spent on the autoencoders")
-    objects: int = option(3600, "procedural training objects")
+    objects: int = option(3600, "procedural objects this chunk builds and trains on (seeds from --seed-base)")
     views: int = option(3, "condition images per object")
     render_size: int = option(640, "render size of the condition images (before TRELLIS's crop)")
     seed: int = option(0, "seed of the initialisation and the batch order")
-    seed_base: int = option(100000, "first object seed (evaluation and probes use others)")
+    seed_base: int = option(100000, "this chunk's first object seed (evaluation and probes use others); chunks may "
+                                    "take new seeds, and the checkpoint records every seed trained on")
     workers: int = option(max(1, (os.cpu_count() or 2) - 1), "processes that build the data")
     data_cache: Optional[str] = option(None, "folder that keeps the built objects between chunks")
     vae_batch: int = option(4, "objects per autoencoder step")
@@ -98,12 +102,28 @@ class TrainState:
 
     architecture: str
     encoder: Optional[str]  # sha256 of the frozen encoder's weights (None until a chunk had one): no resuming with another
-    objects: int
+    objects: int  # distinct objects trained on, over all chunks (those of ``seeds``)
     steps: Dict[str, int] = field(default_factory=lambda: {"vae": 0, "flow": 0})
     seconds: Dict[str, float] = field(default_factory=lambda: {"vae": 0.0, "flow": 0.0})
     slat_normalization: Optional[dict] = None
     structure_latent_scale: Optional[List[float]] = None
     log: List[dict] = field(default_factory=list)
+    seeds: Optional[List[List[int]]] = None  # the seeds trained on, as ``[first, end)`` ranges
+
+
+def seed_ranges(seeds) -> List[List[int]]:
+    """``[first, end)`` ranges that cover exactly the integers ``seeds`` (sorted, merged)."""
+    out: List[List[int]] = []
+    for s in sorted(set(seeds)):
+        if out and out[-1][1] == s:
+            out[-1][1] += 1
+        else:
+            out.append([s, s + 1])
+    return out
+
+
+def seeds_in(ranges: List[List[int]]) -> List[int]:
+    return [s for a, b in ranges for s in range(a, b)]
 
 
 # ============================================================================ batching
@@ -244,26 +264,46 @@ def latent_flow_loss(flow, x0: SparseTensor, t: torch.Tensor, cond: torch.Tensor
 
 
 class FlowData:
-    """Everything the flow phase reads, on the device, computed once per chunk from the frozen
-    networks: each object's structure latent ``[8, 16, 16, 16]``, its normalised structured latent
-    ``[N, 8]`` on its voxels, and the frozen encoder's tokens ``[V, T, C]`` of its condition images."""
+    """Everything the flow phase reads, on the device, computed from the frozen networks as objects
+    arrive (:meth:`add`): each object's structure latent ``[8, 16, 16, 16]``, its normalised
+    structured latent ``[N, 8]`` on its voxels, and the frozen encoder's tokens ``[V, T, C]`` of its
+    condition images (kept in one tensor of room for ``capacity`` objects, grown when full)."""
 
     def __init__(self, nets, encoder, samples: List[ObjectSample], norm, device, chunk: int = 16,
-                 token_dtype=torch.bfloat16):
-        self.ss, self.slat, self.coords, tokens = [], [], [], []
-        with torch.no_grad():
-            for i in range(0, len(samples), chunk):
-                part = samples[i:i + chunk]
-                self.ss.extend(nets["ss_encoder"](occupancy(part, device)).unbind(0))
-                x = sparse_batch(part, voxel_features(part), device)
-                z = (nets["slat_encoder"](x, sample_posterior=False).feats - norm[0]) / norm[1]
-                self.slat.extend(z[sl] for sl in x.layout)
-                self.coords.extend(x.coords[sl, 1:] for sl in x.layout)
-                img = torch.as_tensor(np.stack([s.images for s in part]), device=device)  # [b, V, H, W, 3]
-                b, v = img.shape[:2]
-                pixels = img.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
-                tokens.append(encoder(pixels).to(token_dtype).unflatten(0, (b, v)))
-        self.tokens = torch.cat(tokens)  # [O, V, T, C]
+                 token_dtype=torch.bfloat16, capacity: int = 0):
+        self.nets, self.encoder, self.norm, self.device = nets, encoder, norm, device
+        self.chunk, self.token_dtype, self.capacity = chunk, token_dtype, capacity
+        self.ss, self.slat, self.coords = [], [], []
+        self._tokens: Optional[torch.Tensor] = None
+        self.add(samples)
+
+    @torch.no_grad()
+    def add(self, samples: List[ObjectSample]) -> None:
+        """Encode ``samples`` and append them (their order is their index in :meth:`batch`)."""
+        for i in range(0, len(samples), self.chunk):
+            part = samples[i:i + self.chunk]
+            self.ss.extend(self.nets["ss_encoder"](occupancy(part, self.device)).unbind(0))
+            x = sparse_batch(part, voxel_features(part), self.device)
+            z = (self.nets["slat_encoder"](x, sample_posterior=False).feats - self.norm[0]) / self.norm[1]
+            self.slat.extend(z[sl] for sl in x.layout)
+            self.coords.extend(x.coords[sl, 1:] for sl in x.layout)
+            img = torch.as_tensor(np.stack([s.images for s in part]), device=self.device)  # [b, V, H, W, 3]
+            b, v = img.shape[:2]
+            pixels = img.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
+            tokens = self.encoder(pixels).to(self.token_dtype).unflatten(0, (b, v))
+            start = len(self.ss) - b
+            if self._tokens is None or len(self._tokens) < start + b:
+                room = max(self.capacity, start + b, 2 * (0 if self._tokens is None else len(self._tokens)))
+                grown = tokens.new_empty((room, *tokens.shape[1:]))
+                if self._tokens is not None:
+                    grown[:start] = self._tokens[:start]
+                self._tokens = grown
+            self._tokens[start:start + b] = tokens
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """``[O, V, T, C]`` tokens of the objects added so far (a view, no copy)."""
+        return self._tokens[:len(self)]
 
     def __len__(self) -> int:
         return len(self.ss)
@@ -273,9 +313,9 @@ class FlowData:
         random view each; the structured latents (a SparseTensor) only of the first ``n_slat`` objects."""
         coords = torch.cat([F.pad(self.coords[i], (1, 0), value=b) for b, i in enumerate(idx[:n_slat])])
         slat = SparseTensor(torch.cat([self.slat[i] for i in idx[:n_slat]]), coords, len(idx[:n_slat]))
-        dev = self.tokens.device
-        views = torch.as_tensor(rng.integers(self.tokens.shape[1], size=len(idx)), device=dev)
-        tokens = self.tokens[torch.as_tensor(idx, device=dev), views].float()
+        dev = self._tokens.device
+        views = torch.as_tensor(rng.integers(self._tokens.shape[1], size=len(idx)), device=dev)
+        tokens = self._tokens[torch.as_tensor(idx, device=dev), views].float()
         return torch.stack([self.ss[i] for i in idx]), tokens, slat
 
 
@@ -325,9 +365,11 @@ class Trainer:
                                  f"architecture's flows read {self.arch.width}")
         self.ema = {n: copy.deepcopy(self.nets[n]).requires_grad_(False) for n in FLOW_NETS}
         digest = None if self.encoder is None else weights_digest(self.encoder)
-        self.state = TrainState(self.arch.name, digest, config.objects)
+        self.state = TrainState(self.arch.name, digest, 0)
         self.data: List[ObjectSample] = []
         self.flow_data: Optional[FlowData] = None
+        self.stream: Optional[ObjectStream] = None
+        self._trained_seeds: List[List[int]] = []  # the checkpoint's, before this chunk
         self._started = time.time()
         self._saved = time.time()
 
@@ -388,18 +430,35 @@ class Trainer:
         budget = self.phase_budget(phase)
         local = 0
         while keep_going():
+            if local % 10 == 0:
+                self.grow()
             losses = self.step(phase, opt, groups, losses_of,
                                lr_at(local, self.state.seconds[phase] / budget, self.config.lr))
             local += 1
             steps = self.state.steps[phase]
             if steps % 50 == 0 or local <= 2:
                 row = {"phase": phase, "step": steps, "s_per_step": round(self.state.seconds[phase] / steps, 3),
+                       "objects": len(self.data),
                        **{k: round(v, 4) for k, v in losses.items()}}
                 print(row, flush=True)
                 if steps % 50 == 0:
                     self.state.log.append(row)
             if time.time() - self._saved > 180:
                 self.save()
+
+    def grow(self, at_least: int = 0) -> None:
+        """Take the objects the stream has finished (waiting until there are ``at_least``, or none are
+        left to come); they join the batches at once, in both phases."""
+        while self.stream is not None:
+            new = self.stream.ready(wait=len(self.data) < at_least)
+            if new:
+                self.data.extend(new)
+                if self.flow_data is not None:
+                    self.flow_data.add(new)
+                if not self.stream.more:
+                    print(f"all {len(self.data)} objects in after {time.time() - self._started:.0f} s", flush=True)
+            if len(self.data) >= at_least or not self.stream.more:
+                return
 
     def phase_budget(self, phase: str) -> float:
         share = self.config.vae_share if phase == "vae" else 1 - self.config.vae_share
@@ -421,10 +480,23 @@ class Trainer:
                 print("exported", self.export(Path(cfg.export)), flush=True)
             return
         seeds = list(range(cfg.seed_base, cfg.seed_base + cfg.objects))
-        self.data = cached_objects(seeds, cfg.data_cache, workers=cfg.workers, views=cfg.views,
+        self.stream = ObjectStream(seeds, cfg.data_cache, workers=cfg.workers, views=cfg.views,
                                    render_size=cfg.render_size)
-        print(f"{len(self.data)} objects ready in {time.time() - self._started:.1f} s", flush=True)
+        try:
+            self.grow(min(cfg.objects, FIRST_OBJECTS))
+            print(f"{len(self.data)} of {cfg.objects} objects ready in {time.time() - self._started:.1f} s "
+                  "(the rest join while training)", flush=True)
+            self.train_chunk()
+        finally:
+            self.stream.close()
+        self.save()
+        print(f"saved {self.ckpt}: {self.state.steps}, seconds {self.state.seconds}, {self.state.objects} objects",
+              flush=True)
+        if cfg.export and self.state.slat_normalization is not None:
+            print("exported", self.export(Path(cfg.export)), flush=True)
 
+    def train_chunk(self) -> None:
+        """Both phases, for the rest of this chunk's time."""
         # phase 1: the autoencoders
         vae_steps = self.state.steps["vae"]
         self.run_phase("vae", VAE_NETS, self.autoencoder_losses,
@@ -432,8 +504,9 @@ class Trainer:
         if self.state.steps["vae"] != vae_steps:
             self.state.slat_normalization = None  # the latents changed
         if self.state.seconds["vae"] >= self.phase_budget("vae") and self.state.slat_normalization is None:
-            self.state.structure_latent_scale = rescale_structure_latent(self.nets, self.data[:256], self.device)
-            self.state.slat_normalization = latent_normalization(self.nets, self.data[:256], self.device)
+            self.grow(min(self.config.objects, NORMALIZATION_OBJECTS))
+            self.state.structure_latent_scale = rescale_structure_latent(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
+            self.state.slat_normalization = latent_normalization(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
             print("structure latent rescaled by", self.state.structure_latent_scale, flush=True)
 
         # phase 2: the flows, on frozen autoencoders and frozen tokens
@@ -444,13 +517,9 @@ class Trainer:
                 self.nets[n].eval().requires_grad_(False)
             norm = [torch.tensor(self.state.slat_normalization[k], device=self.device) for k in ("mean", "std")]
             t0 = time.time()
-            self.flow_data = FlowData(self.nets, self.encoder, self.data, norm, self.device)
+            self.flow_data = FlowData(self.nets, self.encoder, self.data, norm, self.device, capacity=self.config.objects)
             print(f"latents and tokens of {len(self.flow_data)} objects in {time.time() - t0:.1f} s", flush=True)
             self.run_phase("flow", self._trained_flows(), self.flow_losses, self.chunk_left)
-        self.save()
-        print(f"saved {self.ckpt}: {self.state.steps}, seconds {self.state.seconds}", flush=True)
-        if cfg.export and self.state.slat_normalization is not None:
-            print("exported", self.export(Path(cfg.export)), flush=True)
 
     # ------------------------------------------------------------------ checkpoints and export
     def save(self) -> None:
@@ -460,6 +529,8 @@ class Trainer:
         for group, modules in groups.items():
             tensors = {f"{n}.{k}": v.half() for n, m in modules.items() for k, v in m.state_dict().items()}
             write_safetensors(self.ckpt / f"{group}.safetensors", tensors)
+        self.state.seeds = seed_ranges(seeds_in(self._trained_seeds) + [s.seed for s in self.data])
+        self.state.objects = len(seeds_in(self.state.seeds))
         write_json(self.ckpt / "state.json", asdict(self.state))
         self._saved = time.time()
 
@@ -487,7 +558,9 @@ class Trainer:
             for n, m in self.ema.items():
                 m.load_state_dict(self.nets[n].state_dict())
         state.encoder = self.state.encoder  # an autoencoder-only checkpoint takes the encoder of this chunk
-        state.objects = max(state.objects, self.config.objects)  # chunks read the first seeds onwards
+        if state.seeds is None:  # written before the seeds were recorded: chunks read the first seeds onwards
+            state.seeds = [[self.config.seed_base, self.config.seed_base + state.objects]]
+        self._trained_seeds = state.seeds
         self.state = state
 
     def description(self) -> str:
