@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fuse3d.tiny_model import randomize_
+from fuse3d.train import losses as L
 from fuse3d.train import train as T
 from fuse3d.train.config import parse
 from fuse3d.train.data import make_objects
@@ -73,7 +74,7 @@ def test_the_small_architecture_fits_the_folder_budget_with_wide_heads():
 
 def test_rescaled_structure_latent_has_unit_scale_and_decodes_the_same(trainer, objects):
     nets = trainer.nets
-    occ = T.occupancy(objects, "cpu")
+    occ = L.occupancy(objects, "cpu")
     with torch.no_grad():
         before = nets["ss_decoder"](nets["ss_encoder"](occ))
         sigma = T.rescale_structure_latent(nets, objects, "cpu")
