@@ -106,7 +106,7 @@ class TimestepEmbedder(nn.Module):
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
         """``[B]`` → ``[B, dim]``: ``cos`` of ``t·f_i`` then ``sin``, ``f_i = max_period^(-i/half)``."""
         half = dim // 2
-        freqs = torch.exp(-np.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+        freqs = torch.exp(-np.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t[:, None].float() * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if dim % 2:
