@@ -36,11 +36,16 @@ class ModelDefaults:
 
     @classmethod
     def read(cls, meta: Optional[dict], num_heads: int, where: str = "pipeline.json") -> "ModelDefaults":
-        """The defaults a ``pipeline.json``'s ``"fuse3d"`` entry carries (the paper's if none).
+        """The defaults a ``pipeline.json``'s ``"fuse3d"`` entry carries; if none, the paper's, or every
+        head at the paper's threshold for a model whose heads stop before the paper's head 13.
 
         Raises ``ValueError`` naming ``where`` for a malformed entry (unknown keys, heads out of range,
         a threshold outside [0, 1], no source)."""
         d = (meta or {}).get("defaults")
+        if d is None and max(PAPER_DEFAULTS.heads) >= num_heads:  # a model with fewer heads than the paper's 13
+            return cls(tuple(range(num_heads)), PAPER_DEFAULTS.threshold,
+                       f"all {num_heads} heads (the model has no head 5 or 13 of the paper, and no own defaults); "
+                       f"the paper's threshold {PAPER_DEFAULTS.threshold:g}")
         if d is None:
             return PAPER_DEFAULTS
         if not isinstance(d, dict) or set(d) - {"heads", "threshold", "source"} or "source" not in d:

@@ -338,3 +338,12 @@ def test_without_cls_and_register_tokens(run):
     assert bare["capture", 0]["fed_tokens"].min() == 5, "no prefix token fed"
     assert not torch.equal(bare.head_scores(0), run.head_scores(0))
     assert torch.isfinite(bare.final.feats).all()
+
+
+def test_a_model_with_fewer_heads_than_the_papers_defaults_to_all_of_them():
+    from fuse3d.params import PAPER_DEFAULTS, ModelDefaults
+
+    assert ModelDefaults.read(None, 16) == PAPER_DEFAULTS
+    four = ModelDefaults.read({}, 4)
+    assert four.heads == (0, 1, 2, 3) and four.threshold == PAPER_DEFAULTS.threshold and "all 4 heads" in four.source
+    assert ModelDefaults.read({"defaults": {"heads": [2], "threshold": 0.4, "source": "own"}}, 4).heads == (2,)
