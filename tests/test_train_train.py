@@ -269,17 +269,28 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
 
 
 def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
-    """checkpoints/2026-12-02 (docs/training.md): the pre-trained encoder and the autoencoder phase's
-    checkpoint, kept so that the next GPU session starts at the flows. The trainer must take both."""
+    """checkpoints/2026-12-02 (docs/training.md): the pre-trained encoder and the bundled model's
+    training checkpoint, kept with the flows only as their moving averages (the file the flows
+    themselves would need does not fit the device's carry). The trainer must take both, and the
+    flows resume from their averages, which are the bundled model's flows."""
     import shutil
     from pathlib import Path
 
+    from fuse3d.bundled import BUNDLED, SMALL_MODEL_NAME
+
     kept = Path(__file__).resolve().parents[1] / "checkpoints" / "2026-12-02"
     work = tmp_path / "work"
-    shutil.copytree(kept / "autoencoders", work / "ckpt")
+    shutil.copytree(kept / "latest", work / "ckpt")
     trainer = T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder"), objects=2400), device="cpu")
     trainer.load()
-    assert trainer.state.steps == {"vae": 955, "flow": 0} and trainer.state.objects == 1000
-    assert trainer.state.seeds == [[100000, 101000]]  # recorded before seeds were: the first ones onwards
+    assert trainer.state.steps == {"vae": 1292, "flow": 2033} and trainer.state.objects == 4799
+    assert trainer.state.seeds[0][0] == 100000 and trainer.state.seeds[-1][1] <= 104800
     assert trainer.state.encoder == T.weights_digest(trainer.encoder)
     assert trainer.encoder.width == SMALL.width and len(trainer.encoder.vit.blocks) == 6
+    bundled = load_pipeline(BUNDLED / SMALL_MODEL_NAME, progress=False)
+    for name in T.FLOW_NETS:
+        ours, theirs = trainer.nets[name].state_dict(), getattr(bundled, name).state_dict()
+        assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-3) for k in theirs), name
+    (work / "ckpt" / "ema.safetensors").unlink()  # trained flows with neither file: refused
+    with pytest.raises(ValueError, match="neither flows.safetensors nor ema.safetensors"):
+        T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder")), device="cpu").load()

@@ -341,9 +341,10 @@ class Trainer:
         self._saved = time.time()
 
     def load(self) -> None:
-        """Resume from the checkpoint. Without ``ema.safetensors`` (left behind to carry a smaller
-        checkpoint), the moving averages restart from the loaded weights; before any flow step,
-        ``flows.safetensors`` may be left behind too (the flows start from their initialisation)."""
+        """Resume from the checkpoint. Either flow file may be left behind to keep a checkpoint small:
+        without ``ema.safetensors`` the moving averages restart from the loaded flows; without
+        ``flows.safetensors`` the flows restart from their moving averages (before any flow step:
+        from their initialisation)."""
         state = TrainState(**read_json(self.ckpt / "state.json"))
         if state.architecture != self.arch.name:
             raise ValueError(f"{self.ckpt} holds a {state.architecture!r} model, not {self.arch.name!r}")
@@ -353,8 +354,13 @@ class Trainer:
         groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
         if not (self.ckpt / "ema.safetensors").is_file():
             del groups["ema"]
-        if state.steps["flow"] == 0 and not (self.ckpt / "flows.safetensors").is_file():
-            del groups["flows"]  # an autoencoder-phase checkpoint kept without its untrained flows
+        flows_from_ema = False
+        if not (self.ckpt / "flows.safetensors").is_file():
+            if state.steps["flow"] > 0 and "ema" not in groups:
+                raise ValueError(f"{self.ckpt} has neither flows.safetensors nor ema.safetensors after "
+                                 f"{state.steps['flow']} flow steps")
+            del groups["flows"]  # untrained flows, or trained ones kept only as their moving averages
+            flows_from_ema = state.steps["flow"] > 0
         for group, modules in groups.items():
             tensors = read_safetensors(self.ckpt / f"{group}.safetensors")
             for n, m in modules.items():
@@ -363,6 +369,9 @@ class Trainer:
         if "ema" not in groups:
             for n, m in self.ema.items():
                 m.load_state_dict(self.nets[n].state_dict())
+        if flows_from_ema:
+            for n, m in self.ema.items():
+                self.nets[n].load_state_dict(m.state_dict())
         state.encoder = self.state.encoder  # an autoencoder-only checkpoint takes the encoder of this chunk
         if state.seeds is None:  # written before the seeds were recorded: chunks read the first seeds onwards
             state.seeds = [[self.config.seed_base, self.config.seed_base + state.objects]]
