@@ -270,7 +270,7 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
 
 def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     """checkpoints/2026-12-02 (docs/training.md): the pre-trained encoder and the bundled model's
-    training checkpoint, kept with the flows only as their moving averages (the file the flows
+    training checkpoint, kept with the flows only as their moving averages (split by network) (the file the flows
     themselves would need does not fit the device's carry). The trainer must take both, and the
     flows resume from their averages, which are the bundled model's flows."""
     import shutil
@@ -291,6 +291,7 @@ def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     for name in T.FLOW_NETS:
         ours, theirs = trainer.nets[name].state_dict(), getattr(bundled, name).state_dict()
         assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-3) for k in theirs), name
-    (work / "ckpt" / "ema.safetensors").unlink()  # trained flows with neither file: refused
+    for part in (work / "ckpt").glob("ema.*.safetensors"):  # kept split by network, each file small
+        part.unlink()  # trained flows with neither the flows nor their averages: refused
     with pytest.raises(ValueError, match="neither flows.safetensors nor ema.safetensors"):
         T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder")), device="cpu").load()

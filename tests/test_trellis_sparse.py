@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fuse3d.trellis.graphsafe import HostSyncMode
 from fuse3d.trellis.sparse import (
     SparseConv3d,
     SparseDownsample,
@@ -84,19 +85,16 @@ def test_downsample_cells_sorted_and_upsample_returns():
         assert torch.equal(up.feats[j], down.feats[member_cell[tuple(parent[j].tolist())]])
 
 
-def test_downsampling_the_same_voxels_again_reuses_its_cells(monkeypatch):
+def test_downsampling_the_same_voxels_again_reuses_its_cells():
     """Every sampler step downsamples the same voxels: the cells (and the coarse tensors' cache, so
     their neighbour maps) are built once, and a later forward reads nothing from the host."""
     coords = random_voxels(res=8)
     x = SparseTensor(torch.randn(len(coords), 3), coords)
     first = SparseDownsample(2)(x)
     first.cache("probe", lambda: "built at the first step")
-    reads = []
-    for name in ("item", "tolist", "cpu"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _o=original, **k: reads.append(_n) or _o(self, *a, **k))
-    again = SparseDownsample(2)(x.replace(x.feats * 2))
-    monkeypatch.undo()
+    with HostSyncMode() as found:
+        again = SparseDownsample(2)(x.replace(x.feats * 2))
+    reads = found.calls
     assert reads == [] and again.cache("probe", lambda: "rebuilt") == "built at the first step"
     assert torch.equal(again.coords, first.coords) and torch.allclose(again.feats, 2 * first.feats)
     assert torch.equal(SparseUpsample(2)(again).coords, x.coords)

@@ -341,7 +341,8 @@ class Trainer:
         self._saved = time.time()
 
     def load(self) -> None:
-        """Resume from the checkpoint. Either flow file may be left behind to keep a checkpoint small:
+        """Resume from the checkpoint (each group one file, or split by network, :meth:`_group_files`).
+        Either flow file may be left behind to keep a checkpoint small:
         without ``ema.safetensors`` the moving averages restart from the loaded flows; without
         ``flows.safetensors`` the flows restart from their moving averages (before any flow step:
         from their initialisation)."""
@@ -352,17 +353,17 @@ class Trainer:
             given = "no --encoder was given" if self.encoder is None else f"{self.config.encoder} is {self.state.encoder}"
             raise ValueError(f"{self.ckpt} was trained with another condition encoder ({state.encoder}); {given}")
         groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
-        if not (self.ckpt / "ema.safetensors").is_file():
+        if not self._group_files("ema"):
             del groups["ema"]
         flows_from_ema = False
-        if not (self.ckpt / "flows.safetensors").is_file():
+        if not self._group_files("flows"):
             if state.steps["flow"] > 0 and "ema" not in groups:
                 raise ValueError(f"{self.ckpt} has neither flows.safetensors nor ema.safetensors after "
                                  f"{state.steps['flow']} flow steps")
             del groups["flows"]  # untrained flows, or trained ones kept only as their moving averages
             flows_from_ema = state.steps["flow"] > 0
         for group, modules in groups.items():
-            tensors = read_safetensors(self.ckpt / f"{group}.safetensors")
+            tensors = {k: v for f in self._group_files(group) for k, v in read_safetensors(f).items()}
             for n, m in modules.items():
                 prefix = n + "."
                 m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -377,6 +378,12 @@ class Trainer:
             state.seeds = [[self.config.seed_base, self.config.seed_base + state.objects]]
         self._trained_seeds = state.seeds
         self.state = state
+
+    def _group_files(self, group: str) -> List[Path]:
+        """A checkpoint group's files: ``GROUP.safetensors``, or the group split by network into
+        ``GROUP.NET.safetensors`` (to keep every file small)."""
+        whole = self.ckpt / f"{group}.safetensors"
+        return [whole] if whole.is_file() else sorted(self.ckpt.glob(f"{group}.*.safetensors"))
 
     def description(self) -> str:
         encoder = Path(self.config.encoder)
