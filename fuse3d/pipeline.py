@@ -11,7 +11,6 @@ over them. :func:`fuse3d.method.reference.fuse3d_reference` is the same method, 
 """
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -99,12 +98,50 @@ class Fuse3D:
             global_condition, local_conditions = split_global(local_conditions)
         if not local_conditions:
             raise ConditionError("Fuse3D needs at least one local condition")
+        p = Fuse3DParams.for_model(self.defaults, seed=int(seed), **params)
+        return self._start(global_condition, local_conditions, p, _structure_coords(structure), lazy)
+
+    def encode(self, asset, views: int = 24, name: Optional[str] = None):
+        """A given asset (procedural object, coloured mesh or mesh file) as structure + structured
+        latent (:func:`fuse3d.assets.encode_asset`), ready for :meth:`edit`."""
+        from .assets.encode import encode_asset
+
+        return encode_asset(self.trellis, asset, views=views, name=name, progress=self.progress)
+
+    def edit(self, source, local_conditions: Sequence[Condition], global_condition: Optional[Condition] = None,
+             seed: int = 0, lazy: bool = False, views: int = 24, **params) -> "Run":
+        """Edit a given asset (paper Fig. 10b): regenerate the regions the local images align with and
+        keep the rest of its latent exactly.
+
+        The edit is the inpainting variant (appendix C.2) with the given latent in place of the one
+        sampled from the global image: during the final sampling every unaligned voxel is held on the
+        forward process of the given latent, and ends on it; the aligned regions are sampled afresh
+        with local attention enhancement. Edits chain: ``pipe.edit(pipe.edit(run, [a]), [b])``.
+
+        Args:
+            source: a :class:`Run` (its structure and final latent), an
+                :class:`~fuse3d.assets.EncodedAsset` (:meth:`encode`), or an asset to encode first.
+            local_conditions: the images that restyle regions of the asset, each with its mask.
+            global_condition: shown as the asset and used by the ``shared`` capture strategy (default:
+                the run's global condition, else a render of the encoded asset).
+            views: renders averaged when an asset is encoded here (patch-feature encoders only).
+            **params: any :class:`~fuse3d.params.Fuse3DParams` field (``inpainting`` is always on).
+        """
+        from .editing import start_edit
+
+        if isinstance(source, Run):
+            global_condition = global_condition or source.global_condition
+            source = source.as_asset()
+        return start_edit(self, source, local_conditions, global_condition, int(seed), lazy, views, params)
+
+    def _start(self, global_condition: Condition, local_conditions: List[Condition], params: Fuse3DParams,
+               structure: Optional[torch.Tensor], lazy: bool, base=None) -> "Run":
+        """A checked run of prepared conditions (``base``: the asset an edit keeps, :meth:`edit`)."""
         for c in local_conditions + [global_condition]:
             if not isinstance(c, Condition):
                 raise TypeError(f"conditions must be fuse3d.Condition objects, got {type(c).__name__}")
             c.prepare()  # every image problem surfaces now, before any work
-        p = Fuse3DParams.for_model(self.defaults, seed=int(seed), **params)
-        run = Run(self, global_condition, local_conditions, p, _structure_coords(structure))
+        run = Run(self, global_condition, local_conditions, params, structure, base=base)
         run._check()
         if not lazy:
             run.final_latent()
@@ -157,8 +194,10 @@ class Run:
     """
 
     def __init__(self, fuse3d: Fuse3D, global_condition: Condition, local_conditions: List[Condition],
-                 params: Fuse3DParams, user_structure: Optional[torch.Tensor] = None, parent: Optional["Run"] = None):
+                 params: Fuse3DParams, user_structure: Optional[torch.Tensor] = None, parent: Optional["Run"] = None,
+                 base=None):
         self.fuse3d = fuse3d
+        self.base = base  # the EncodedAsset an edit keeps outside its aligned regions (Fuse3D.edit)
         self.global_condition = global_condition
         self.local_conditions = list(local_conditions)
         self.params = params
@@ -252,7 +291,7 @@ class Run:
     def retune(self, **changes) -> "Run":
         """A run with changed parameters sharing every unchanged stage (nothing is computed yet)."""
         run = Run(self.fuse3d, self.global_condition, self.local_conditions, self.params.updated(**changes),
-                  self.user_structure, parent=self)
+                  self.user_structure, parent=self, base=self.base)
         run._check()
         return run
 
@@ -469,6 +508,13 @@ class Run:
         """:meth:`final_latent` (it may run the final sampling: minutes on a CPU)."""
         return self.final_latent()
 
+    def as_asset(self):
+        """This run's structure and final latent as an :class:`~fuse3d.assets.EncodedAsset`, to edit
+        further (``pipe.edit(run, …)`` does this)."""
+        from .editing import run_as_asset
+
+        return run_as_asset(self)
+
     def gaussians_asset(self):
         """The fused asset as 3D Gaussians (:class:`fuse3d.assets.Gaussians`, TRELLIS frame); decodes
         (and samples) what is not cached."""
@@ -528,25 +574,9 @@ class Run:
 
     def summary(self) -> dict:
         """What ran and what came out, JSON-serialisable (used by the CLI and the views)."""
-        out = {"model": self.model_name, "model_description": getattr(self.trellis, "description", ""),
-               "model_source": self.trellis.source, "global": self.global_condition.name,
-               "locals": [c.name for c in self.local_conditions], "params": self.params.as_dict(),
-               "defaults": self.fuse3d.defaults.as_dict()}
-        prepared = [c.prepare() for c in self.local_conditions]
-        out["selected_patches"] = [int(p.selected.sum()) for p in prepared]      # |D_k| per local image
-        out["foreground_patches"] = [int(p.foreground.sum()) for p in prepared]  # its object's patches
-        # what is computed or cached is reported (a cached stage is read, never computed)
-        if self._available("structure"):
-            out["voxels"] = int(len(self.structure))
-            out["cells"] = int(len(self.cells))
-        if all(self._available("refine", k) for k in range(self.K)):
-            out["aligned_cells"] = [int(self.refined_mask(k).sum()) for k in range(self.K)]
-        if self._available("reverse_alignment"):
-            out["unaligned_cells"] = int(self.unaligned.sum())
-            out["global_tokens"] = int(len(self.global_patches))
-        if self._available("enhancement"):
-            out["lambdas"] = self.lambdas
-        return out
+        from .reports import run_summary
+
+        return run_summary(self)
 
     def _available(self, stage: str, index: int = 0) -> bool:
         """Computed by this run, or in the cache (reading it then runs nothing)."""
@@ -554,21 +584,11 @@ class Run:
 
     def __repr__(self) -> str:
         done = len(self._entries)
+        edits = f", edits={self.base.name!r}" if self.base is not None else ""
         return (f"Run(model={self.model_name!r}, global={self.global_condition.name!r}, "
-                f"locals={[c.name for c in self.local_conditions]}, stages computed={done})")
+                f"locals={[c.name for c in self.local_conditions]}{edits}, stages computed={done})")
 
     def _repr_html_(self) -> str:
-        def row(r):
-            name = r["stage"] if len(self.indices(r["stage"])) == 1 else f"{r['stage']} [{r['index']}]"
-            shapes = ", ".join(f"{k} {v}" for k, v in r["tensors"].items())
-            return (f"<tr><td>{name}</td><td>{html.escape(r['status'])}</td><td><code>{r['key']}</code></td>"
-                    f"<td>{html.escape(shapes)}</td></tr>")
+        from .reports import run_html
 
-        rows = "".join(row(r) for r in self.stages())
-        desc = getattr(self.trellis, "description", "")
-        head = (f"<b>Fuse3D run</b> — model <b>{html.escape(self.model_name)}</b>"
-                f"{' (' + html.escape(desc) + ')' if desc else ''}<br>"
-                f"global: {html.escape(self.global_condition.name)}; locals: "
-                f"{html.escape(', '.join(c.name for c in self.local_conditions))}")
-        return (f"<div>{head}<table><thead><tr><th>stage</th><th>status</th><th>key</th><th>tensors</th></tr></thead>"
-                f"<tbody>{rows}</tbody></table></div>")
+        return run_html(self)

@@ -205,7 +205,8 @@ def _capture(run, i, x, p):
     (one batched sampling when it fits) and stored too."""
     n = run.K + 1
     keys = {j: run.key("capture", j) for j in range(n)}
-    missing = [j for j in range(n) if j == i or run.cache.status("capture", keys[j]) == "missing"]
+    wanted = range(run.K) if run.base is not None else range(n)  # an edit needs no global capture
+    missing = [j for j in range(n) if j == i or (j in wanted and run.cache.status("capture", keys[j]) == "missing")]
     prepared = [run.entry("prepare", j) for j in range(n)]
     encoded = [run.entry("encode", j) for j in range(n)]
     plan = capture_plan(run, p, x["structure"], prepared, encoded)
@@ -268,25 +269,27 @@ def _unified(run, i, x, p):
     return Entry({"tokens": u.tokens, "token_region": u.token_region, "token_patch": u.token_patch})
 
 
-def lambdas_of(run, p, prepared: List[Entry], encoded: List[Entry], reverse: Entry) -> List[float]:
-    """λ per region of a run (locals, then the global image unless inpainting)."""
+def lambdas_of(run, p, prepared: List[Entry], encoded: List[Entry], reverse: Optional[Entry]) -> List[float]:
+    """λ per region of a run (locals, then the global image unless inpainting; ``reverse`` is only
+    read then)."""
     K = run.K
     selected = [len(patches(encoded[k])) for k in range(K)]
     foreground = [int(prepared[k]["foreground"].sum()) if p.fusion == "mcfm" else selected[k] for k in range(K)]
     return enhancement.run_lambdas(p.strength, p.lambda_mode, selected, foreground, int(prepared[0]["selected"].numel()),
                                    explicit=p.lambdas, explicit_global=p.global_lambda,
-                                   global_selected=len(reverse["patches"]), with_global=not p.inpainting,
+                                   global_selected=0 if p.inpainting else len(reverse["patches"]),
+                                   with_global=not p.inpainting,
                                    reverse_alignment=p.reverse_alignment)
 
 
 def _enhancement(run, i, x, p):
     region = x["unified"]["token_region"]
-    n_cells = len(x["reverse"]["unaligned"])
+    n_cells = len(x["refine"][0]["mask"])
     if not p.enhancement:
         t = enhancement.identity_tables(n_cells, region)
     else:
         aligned = [r["mask"] for r in x["refine"]]
-        lams = lambdas_of(run, p, x["prepare"], x["tokens"], x["reverse"])
+        lams = lambdas_of(run, p, x["prepare"], x["tokens"], x.get("reverse"))
         if p.inpainting:
             t = enhancement.EnhancementTables(torch.stack([m.bool() for m in aligned], dim=1), region,
                                               torch.tensor(lams, dtype=torch.float32))
@@ -308,17 +311,26 @@ def _final(run, i, x, p):
         proc = EnhanceProcessor(tables, tracker, p.enhancement_backend)
         procs = {f"blocks.{b}.cross_attn": proc for b in range(run.num_blocks)}
     procs = _with_interventions(run, p, procs, tracker, x)
-    on_step = None
+    on_step = kept = None
     if p.inpainting:
         _, voxel_cell = cells(x["structure"])
         aligned = torch.stack([r["mask"] for r in x["refine"]]).any(0)
         keep = (~alignment.cells_to_voxels(aligned, voxel_cell)).to(dev)
-        z0 = x["initial"]["slat0"].to(noise.feats)
+        if run.base is not None:  # an edit: the given latent (de-normalised) is kept
+            kept = run.base.latent.to(noise.feats)
+            z0 = (kept - trellis.slat_mean.to(kept)) / trellis.slat_std.to(kept)
+        else:
+            z0 = x["initial"]["slat0"].to(noise.feats)
+            kept = trellis.denormalize(SparseTensor(z0, coords)).feats
         on_step = inpainting_hook(z0, keep, noise.feats, trellis.slat_sampler.sigma_min)
     with use_attn_processors(trellis.slat_flow, procs):
         slat = trellis.sample_latent(x["unified"]["tokens"][None].to(dev), coords, noise=noise, progress=run.progress,
                                      call_context=tracker, on_step=on_step, **sampler(run, p, "latent"))
-    return Entry({"feats": slat.feats.float().cpu()}, {"model": run.model_name})
+    feats = slat.feats.float()
+    if kept is not None:  # the trajectory ends σ_min·ε away from the kept latent: end on it exactly
+        feats[keep] = kept[keep].float()
+    meta = {"model": run.model_name, **({"edited": run.base.name} if run.base is not None else {})}
+    return Entry({"feats": feats.cpu()}, meta)
 
 
 INTERVENTION_FIELDS = ("ablate_heads", "ablate_mode", "patch_tokens", "patch_blocks", "intervene_steps")
@@ -400,6 +412,16 @@ def _inpainting(run, p) -> bool:
     return bool(p.inpainting)
 
 
+def _initial(run, p) -> bool:
+    """The final sampling keeps the global image's sampled latent (inpainting, not an edit)."""
+    return bool(p.inpainting) and run.base is None
+
+
+def _global_tokens(run, p) -> bool:
+    """The global image's tokens (D_g) are fused: everything but inpainting."""
+    return not p.inpainting
+
+
 def _patching(run, p) -> bool:
     return p.patch_tokens is not None
 
@@ -443,13 +465,14 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           ("reverse_alignment", "heads", "threshold", "reverse_threshold"),
           lambda run, i, p: {"enabled": p.reverse_alignment, "heads": list(p.heads), "threshold": _reverse_threshold(p)},
           _reverse, "unaligned cells; the global tokens they need, D_g (§3.3)"),
-    Stage("unified_tokens", "run", (Input("tokens", "encode", "conditions"), Input("reverse", "reverse_alignment", "run")),
+    Stage("unified_tokens", "run", (Input("tokens", "encode", "conditions"),
+                                    Input("reverse", "reverse_alignment", "run", _global_tokens)),
           ("inpainting", "prefix_tokens"), lambda run, i, p: {"inpainting": p.inpainting, "prefix": p.prefix_tokens},
           _unified,
           "[local_1 (5 + D_1), …, local_K (5 + D_K), global (5 + D_g)] (§3.2)"),
     Stage("enhancement", "run",
           (Input("unified", "unified_tokens", "run"), Input("refine", "refine", "locals"),
-           Input("reverse", "reverse_alignment", "run"), Input("prepare", "prepare", "conditions"),
+           Input("reverse", "reverse_alignment", "run", _global_tokens), Input("prepare", "prepare", "conditions"),
            Input("tokens", "encode", "conditions")),
           _ENHANCEMENT_FIELDS,
           lambda run, i, p: {f: (list(v) if isinstance(v, tuple) else v) for f in _ENHANCEMENT_FIELDS
@@ -457,11 +480,12 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           _enhancement, "λ per region and the region tables of E (§3.4)"),
     Stage("final", "run",
           (Input("structure", "structure", "run"), Input("unified", "unified_tokens", "run"),
-           Input("enhancement", "enhancement", "run"), Input("initial", "capture", "global", _inpainting),
+           Input("enhancement", "enhancement", "run"), Input("initial", "capture", "global", _initial),
            Input("refine", "refine", "locals", _inpainting), Input("sources", "encode", "conditions", _patching)),
           LATENT_FIELDS + ("inpainting", "enhancement_backend", "enhancement") + INTERVENTION_FIELDS,
           lambda run, i, p: {**model(run), "seed": p.seed, "sampler": sampler(run, p, "latent"),
                              "inpainting": p.inpainting, "backend": p.enhancement_backend, "enhancement": p.enhancement,
+                             **({"edits": run.base.key} if run.base is not None else {}),
                              **{f: _json(getattr(p, f)) for f in INTERVENTION_FIELDS}},
           _final, "the fused structured latent [N, 8], from fresh noise, with E in every block (§3.4)"),
     Stage("gaussians", "run", (Input("final", "final", "run"), Input("structure", "structure", "run")), (),

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 
 from .trellis.architectures import TINY
+from .trellis.checkpoint import save_network
 from .trellis.pipeline import write_pipeline
+from .trellis.registry import build
 
 TINY_MODEL_NAME = "fuse3d-tiny-random"
 TINY_WIDTH = TINY.width  # DINOv2 width = flows' cond_channels
@@ -69,6 +71,12 @@ def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int =
     randomize_(encoder, g)
     _calibrate_structure(built["ss_flow"], built["ss_decoder"], encoder, target_voxels, seed)
     params = {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
+    # a SLAT encoder that reads patch features, as the published one does (drawn last: the networks
+    # above keep their weights)
+    enc = TINY.networks["slat_encoder"]
+    slat_args = {**enc.args, "in_channels": encoder.width}
+    slat_encoder = randomize_(build(enc.cls, **{**slat_args, "use_fp16": False}), g)
+    save_network(slat_encoder, Path(path) / "ckpts" / TINY.ckpt("slat_encoder"), enc.cls, slat_args)
     return write_pipeline(
         path,
         networks,
@@ -77,7 +85,8 @@ def write_tiny_model(path: Union[str, Path], seed: int = 0, target_voxels: int =
         slat_sampler={**TINY_SAMPLER, "params": params},
         slat_normalization={"mean": [0.0] * 8, "std": [1.0] * 8},
         fuse3d_meta={"model_name": TINY_MODEL_NAME,
-                     "description": "tiny random-weight TRELLIS-architecture model written by fuse3d.tiny_model; outputs are meaningless"},
+                     "description": "tiny random-weight TRELLIS-architecture model written by fuse3d.tiny_model; outputs are meaningless",
+                     "slat_encoder": f"ckpts/{TINY.ckpt('slat_encoder')}", "slat_encoder_input": "patch_features"},
     )
 
 

@@ -166,7 +166,13 @@ def _vertices_faces(mesh: MeshLike) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _surface_voxel_keys(triangles: np.ndarray, resolution: int) -> Iterator[np.ndarray]:
-    """Keys (``(x·R + y)·R + z``) of the voxels hit by lattice samples of every triangle.
+    """Keys (``(x·R + y)·R + z``) of the voxels hit by lattice samples of every triangle."""
+    for _, _, keys in _lattice_samples(triangles, resolution):
+        yield np.unique(keys)
+
+
+def _lattice_samples(triangles: np.ndarray, resolution: int) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Surface samples in chunks: ``(triangle index [M], barycentric weights [M, 3], voxel key [M])``.
 
     A triangle whose longest edge is ``L`` is split ``n = ceil(L / spacing)`` times along each edge;
     the lattice points ``(i/n, j/n)`` then form sub-triangles with edges at most ``spacing``.
@@ -178,12 +184,14 @@ def _surface_voxel_keys(triangles: np.ndarray, resolution: int) -> Iterator[np.n
         i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
         inside = i + j <= n
         weights = np.stack([i[inside], j[inside], n - i[inside] - j[inside]], axis=1) / n  # [K, 3]
-        group = triangles[splits == n]
+        members = np.flatnonzero(splits == n)
         step = max(1, _SAMPLES_PER_CHUNK // len(weights))
-        for start in range(0, len(group), step):
-            points = np.einsum("kv,fvd->fkd", weights, group[start:start + step]).reshape(-1, 3)
+        for start in range(0, len(members), step):
+            faces = members[start:start + step]
+            points = np.einsum("kv,fvd->fkd", weights, triangles[faces]).reshape(-1, 3)
             idx = np.clip(np.floor((points + 0.5) * resolution), 0, resolution - 1).astype(np.int64)
-            yield np.unique((idx[:, 0] * resolution + idx[:, 1]) * resolution + idx[:, 2])
+            keys = (idx[:, 0] * resolution + idx[:, 1]) * resolution + idx[:, 2]
+            yield np.repeat(faces, len(weights)), np.tile(weights, (len(faces), 1)), keys
 
 
 def _coords_from_keys(keys: np.ndarray, resolution: int) -> torch.Tensor:

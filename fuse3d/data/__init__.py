@@ -40,11 +40,11 @@ from .examples import ExampleSet, load_example_set, make_example_set, save_examp
 from .primitives import KINDS, RESOLUTION, Box, Cone, Cylinder, Ellipsoid, ObjectSpec, Part, Pattern, Primitive, Torus
 from .render import RenderResult, View, fit_view, part_mask, random_view, render
 from .templates import group_name, random_object, recolor_part
-from .voxelize import VoxelObject, voxelize
+from .voxelize import VoxelObject, surface_normals, voxelize
 
 __all__ = [
     "KINDS", "RESOLUTION", "Box", "Cone", "Cylinder", "Ellipsoid", "ExampleSet", "ObjectSpec", "Part", "Pattern", "Primitive",
     "RenderResult", "Torus", "View", "VoxelObject", "distinct_colors", "fit_view", "group_name", "load_example_set",
-    "make_example_set", "part_mask", "random_object", "random_view", "recolor_part", "render", "save_example_set",
+    "make_example_set", "part_mask", "random_object", "random_view", "recolor_part", "render", "save_example_set", "surface_normals",
     "voxelize",
 ]

@@ -115,3 +115,15 @@ def voxelize(spec: ObjectSpec, resolution: int = RESOLUTION, supersample: int = 
             color[m] = part.color_at(pos[m, 0], pos[m, 1], pos[m, 2])
     coords = np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], 1).astype(np.int32)
     return VoxelObject(coords, part_idx, color, spec.part_names, R)
+
+
+def surface_normals(spec: ObjectSpec, points: np.ndarray, eps: float = 0.5 / 64) -> np.ndarray:
+    """Unit outward normals ``[N, 3]`` float32 of ``spec``'s surface at ``points [N, 3]``: the central
+    difference of its signed distance (step ``eps``, half a 64³ voxel by default)."""
+    grads = []
+    for axis in range(3):
+        d = np.zeros(3)
+        d[axis] = eps
+        grads.append(spec.evaluate(points + d)[0] - spec.evaluate(points - d)[0])
+    g = np.stack(grads, -1)
+    return (g / np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-8)).astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import fit_view, random_object, random_view, render, voxelize
-from ..data import ObjectSpec
+from ..data import surface_normals
 from ..trellis.preprocess import preprocess_image
 from ..trellis.storage import atomic_write
 from .stream import SampleStream
@@ -53,16 +53,6 @@ class ObjectSample:
     corner_color: np.ndarray  # [F, 8, 3] float32
 
 
-def normals(spec: ObjectSpec, points: np.ndarray, eps: float = 0.5 / 64) -> np.ndarray:
-    grads = []
-    for axis in range(3):
-        d = np.zeros(3)
-        d[axis] = eps
-        grads.append(spec.evaluate(points + d)[0] - spec.evaluate(points - d)[0])
-    g = np.stack(grads, -1)
-    return (g / np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-8)).astype(np.float32)
-
-
 def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size: int = RENDER_SIZE) -> ObjectSample:
     """One object's sample; its views are framed as the encoder's pre-training views are
     (:mod:`fuse3d.train.views`: the object spans 65–85 % of the frame, so the crop is rarely upscaled)."""
@@ -82,8 +72,9 @@ def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size
     fine = coords[voxel].astype(np.int64) * 4 + CHILDREN[child]  # [F, 3] at 256³
     corners = (fine[:, None, :] + CORNERS[None]) / 256.0 - 0.5  # [F, 8, 3] world positions
     sdf, _ = spec.evaluate(corners)
-    return ObjectSample(seed, coords, vox.color.astype(np.float32), normals(spec, centres), vox.part.astype(np.int16),
-                        np.stack(images), fine_index, sdf.astype(np.float32), spec.colors_at(corners))
+    images = np.stack(images) if images else np.zeros((0, 518, 518, 3), np.uint8)
+    return ObjectSample(seed, coords, vox.color.astype(np.float32), surface_normals(spec, centres), vox.part.astype(np.int16),
+                        images, fine_index, sdf.astype(np.float32), spec.colors_at(corners))
 
 
 def make_objects(seeds: List[int], workers: int = 1, **kw) -> List[ObjectSample]:
