@@ -56,6 +56,8 @@ def test_config_is_the_command_line_and_is_checked(tmp_path, encoder_prefix):
     assert cfg.flow_names == ["ss"] and cfg.dense_conv is False and cfg.architecture == "small"
     with pytest.raises(ValueError, match="--flows takes ss, slat or ss,slat"):
         T.TrainConfig(work="w", encoder="e", flows="ss,vae")
+    with pytest.raises(ValueError, match="--decoders takes gs, mesh or gs,mesh"):
+        T.TrainConfig(work="w", encoder="e", decoders="rf")
     with pytest.raises(ValueError, match="unknown architecture 'huge'"):
         T.TrainConfig(work="w", encoder="e", architecture="huge")
     with pytest.raises(ValueError, match="has width 64; the small architecture's flows read 128"):
@@ -160,7 +162,7 @@ def test_checkpoint_round_trip_keeps_networks_and_ema(tmp_path, encoder_prefix, 
     with torch.no_grad():
         for p in trainer.ema["slat_flow"].parameters():
             p.add_(0.5)
-    trainer.state.steps = {"vae": 1, "flow": 2}
+    trainer.state.steps = {"vae": 1, "decoders": 3, "flow": 2}
     trainer.save()
     fresh = T.Trainer(tiny_config(tmp_path, encoder_prefix, seed=9), device="cpu")
     fresh.load()
@@ -175,6 +177,37 @@ def test_checkpoint_round_trip_keeps_networks_and_ema(tmp_path, encoder_prefix, 
     again.load()
     for name in T.FLOW_NETS:
         assert all(torch.equal(a, b) for a, b in zip(again.ema[name].parameters(), again.nets[name].parameters()))
+
+
+def test_a_checkpoint_from_before_the_decoder_phase_resumes_with_none_of_it(tmp_path, encoder_prefix, trainer):
+    trainer.save()
+    state = json.loads((trainer.ckpt / "state.json").read_text())
+    for counter in ("steps", "seconds"):
+        del state[counter]["decoders"]
+    (trainer.ckpt / "state.json").write_text(json.dumps(state))
+    fresh = T.Trainer(tiny_config(tmp_path, encoder_prefix), device="cpu")
+    fresh.load()
+    assert fresh.state.steps["decoders"] == 0 and fresh.state.seconds["decoders"] == 0.0
+
+
+def test_the_decoder_phase_trains_the_decoders_alone_on_the_frozen_latent_space(tmp_path, encoder_prefix, capsys):
+    """``--decoder-minutes``: after the autoencoders, only the two latent decoders change; the
+    encoders, the latent normalisation and the flows stay, so trained flows remain valid."""
+    work = tmp_path / "work"
+    common = ["--work", str(work), "--architecture", "tiny", "--objects", "2", "--views", "0", "--workers", "1",
+              "--vae-batch", "1", "--render-size", "160", "--total-minutes", "0.02", "--data-cache", str(tmp_path / "data")]
+    T.main(common + ["--minutes", "0.1"])  # the autoencoders; no condition images, so no flow phase
+    assert "the flow phase needs them" in capsys.readouterr().out
+    before = T.Trainer(T.parse(T.TrainConfig, common), device="cpu")
+    before.load()
+    T.main(common + ["--minutes", "0.2", "--decoder-minutes", "0.05"])
+    after = T.Trainer(T.parse(T.TrainConfig, common), device="cpu")
+    after.load()
+    assert after.state.steps["decoders"] > 0 and after.state.steps["vae"] == before.state.steps["vae"]
+    assert after.state.slat_normalization == before.state.slat_normalization
+    for name, net in after.nets.items():
+        same = all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), before.nets[name].state_dict().values()))
+        assert same == (name not in T.DECODER_NETS.values()), name
 
 
 def test_resuming_with_another_encoder_is_refused(tmp_path, encoder_prefix, trainer):

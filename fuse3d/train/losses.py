@@ -60,7 +60,30 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     x = sparse_batch(samples, voxel_features(samples), device)
     zs, smean, slogvar = nets["slat_encoder"](x, sample_posterior=True, return_raw=True)
     slat_kl = 0.5 * (smean**2 + slogvar.exp() - slogvar - 1).mean()
-    gs = nets["slat_decoder_gs"]
+    return {"ss_bce": ss_bce, "ss_dice": ss_dice, "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl,
+            **latent_decoder_losses(nets, samples, zs, device)}
+
+
+def decoder_losses(nets, samples: List[ObjectSample], device, decoders=("gs", "mesh")) -> Dict[str, torch.Tensor]:
+    """The structured-latent decoders' losses on the frozen encoder's posterior means: the latents the
+    flows are trained to produce, so the decoders learn exactly what they will be given."""
+    with torch.no_grad():
+        zs = nets["slat_encoder"](sparse_batch(samples, voxel_features(samples), device), sample_posterior=False)
+    return latent_decoder_losses(nets, samples, zs, device, decoders)
+
+
+def latent_decoder_losses(nets, samples: List[ObjectSample], zs: SparseTensor, device,
+                          decoders=("gs", "mesh")) -> Dict[str, torch.Tensor]:
+    """Losses of the Gaussian (``"gs"``) and mesh (``"mesh"``) decoders on structured latents ``zs`` of ``samples``."""
+    out = {}
+    if "gs" in decoders:
+        out.update(_gaussian_losses(nets["slat_decoder_gs"], samples, zs, device))
+    if "mesh" in decoders:
+        out.update(_mesh_losses(nets["slat_decoder_mesh"], samples[0], zs[0], device))
+    return out
+
+
+def _gaussian_losses(gs, samples: List[ObjectSample], zs: SparseTensor, device) -> Dict[str, torch.Tensor]:
     out = gs.decode_features(zs)
     rgb = 0.5 + SH_C0 * gs.field(out, "features_dc")[:, :, 0, :]  # [N, G, 3]
     color = torch.as_tensor(np.concatenate([s.color for s in samples]), device=device)
@@ -70,22 +93,21 @@ def vae_losses(nets, samples: List[ObjectSample], device) -> Dict[str, torch.Ten
     gs_scale = (torch.log(scale + 1e-6) - math.log(0.6 / 64)).pow(2).mean()
     opacity = torch.sigmoid(gs.field(out, "opacity") + math.log(cfg["opacity_bias"] / (1 - cfg["opacity_bias"])))
     gs_opacity = (1 - opacity).pow(2).mean()
+    # colour is weighted up: with equal weights the shared encoder spends its latent on the mesh
+    # decoder's sub-voxel geometry and colour collapses to one direction of RGB
+    return {"gs_color": 10 * gs_color, "gs_scale": 0.01 * gs_scale, "gs_opacity": 0.1 * gs_opacity}
 
-    # the mesh decoder works at 4× resolution (64 fine voxels per voxel): one object per step
-    mesh = nets["slat_decoder_mesh"]
-    first = samples[0]
-    mout = mesh.decode_features(zs[0])
+
+def _mesh_losses(mesh, first: ObjectSample, z: SparseTensor, device) -> Dict[str, torch.Tensor]:
+    """The mesh decoder works at 4× resolution (64 fine voxels per voxel): one object per step."""
+    mout = mesh.decode_features(z)
     rows = torch.as_tensor(first.fine_index, device=device)
     sdf = mesh.field(mout, "sdf")[rows] - 1.0 / (4 * mesh.resolution)
     target = torch.as_tensor(first.corner_sdf, device=device)
     band = 3.0 / (4 * mesh.resolution)
     mesh_sdf = F.smooth_l1_loss(sdf.clamp(-band, band) / band * 3, target.clamp(-band, band) / band * 3)
     mesh_color = F.mse_loss(mesh.field(mout, "color")[rows][..., :3], torch.as_tensor(first.corner_color, device=device))
-    # colour is weighted up: with equal weights the shared encoder spends its latent on the mesh
-    # decoder's sub-voxel geometry and colour collapses to one direction of RGB
-    return {"ss_bce": ss_bce, "ss_dice": ss_dice, "ss_kl": 1e-4 * ss_kl, "slat_kl": 1e-4 * slat_kl,
-            "gs_color": 10 * gs_color, "gs_scale": 0.01 * gs_scale, "gs_opacity": 0.1 * gs_opacity,
-            "mesh_sdf": mesh_sdf, "mesh_color": 10 * mesh_color}
+    return {"mesh_sdf": mesh_sdf, "mesh_color": 10 * mesh_color}
 
 
 @torch.no_grad()

@@ -7,10 +7,33 @@ the full set is written to the cache, so a later chunk on the same machine reads
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Generic, List, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
+
+#: How much lower than the training loop the builders run (``os.nice`` increment).
+WORKER_NICENESS = 10
+
+
+def _builder_process() -> None:
+    """Start of each builder process: one thread, and a lower priority than the training loop, so that
+    a GPU step is not kept waiting for a CPU core (14 builders on 16 cores slowed a flow step from
+    0.20 s to 0.30–0.44 s)."""
+    os.nice(WORKER_NICENESS)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
 
 
 class SampleStream(Generic[T]):
@@ -36,7 +59,7 @@ class SampleStream(Generic[T]):
         else:
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(workers)
+            self.pool = ProcessPoolExecutor(workers, initializer=_builder_process)
             self.pending = [self.pool.submit(build, s) for s in seeds]
 
     @property

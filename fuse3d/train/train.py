@@ -22,7 +22,12 @@ learning rate up again) and resume from it, in two phases that split ``--total-m
    conditioned on the frozen tokens (10 % of conditions dropped to zeros, for classifier-free
    guidance). An exponential moving average of each flow is what gets exported.
 
-One :meth:`Trainer.step` serves both phases: losses of a batch, backward, gradients clipped per
+``--decoder-minutes`` adds a phase between the two, outside ``--total-minutes``: the structured-latent
+decoders (Gaussians, mesh) fine-tuned on the frozen encoder's posterior means, which are what the
+flows produce. The latent space does not move, so trained flows stay valid; a later chunk may add it.
+``--views 0`` builds objects without condition images (enough for the autoencoders and the decoders).
+
+One :meth:`Trainer.step` serves every phase: losses of a batch, backward, gradients clipped per
 network, the optimiser, the EMA. No loss ever touches an attention map: alignment must emerge from
 denoising, as in TRELLIS.
 """
@@ -42,16 +47,18 @@ import torch
 
 from ..bundled import SMALL_MODEL_NAME
 from ..trellis.architectures import ARCHITECTURES, Architecture
-from ..trellis.checkpoint import load_network, read_json, read_safetensors, write_json, write_safetensors
+from ..trellis.checkpoint import load_network, read_json, read_safetensors, save_network, write_json, write_safetensors
 from ..trellis.pipeline import write_pipeline
 from ..trellis.sparse import dense_convolutions
 from .config import REQUIRED, option, parse, save_config
 from .data import ObjectSample, ObjectStream
-from .losses import (SIGMA_MIN, FlowData, condition_dropout, latent_flow_loss, latent_normalization,
+from .losses import (SIGMA_MIN, FlowData, condition_dropout, decoder_losses, latent_flow_loss, latent_normalization,
                      rescale_structure_latent, sample_times, structure_flow_loss, vae_losses)
 
 VAE_NETS = ("ss_encoder", "ss_decoder", "slat_encoder", "slat_decoder_gs", "slat_decoder_mesh")
 FLOW_NETS = ("ss_flow", "slat_flow")  # exported as their EMA
+DECODER_NETS = {"gs": "slat_decoder_gs", "mesh": "slat_decoder_mesh"}  # fine-tuned alone on the frozen encoder's latents
+PHASES = ("vae", "decoders", "flow")
 CKPT_GROUPS = {"vae": VAE_NETS, "flows": FLOW_NETS}
 FIRST_OBJECTS = 64  # a chunk starts training once this many of its objects are built; the rest stream in
 NORMALIZATION_OBJECTS = 256  # objects that set the latents' scales at the end of the autoencoder phase
@@ -66,8 +73,12 @@ class TrainConfig:
     minutes: float = option(9.0, "wall time of this chunk, building the data included (0: only --export)")
     total_minutes: float = option(60.0, "planned training time over all chunks (the cosine schedules)")
     vae_share: float = option(0.25, "share of the total spent on the autoencoders")
+    decoder_minutes: float = option(0.0, "training time, over all chunks, of the decoders' fine-tuning on the frozen "
+                                         "encoder's latents (after the autoencoders, before the flows; not part of "
+                                         "--total-minutes)")
+    decoders: str = option("gs,mesh", "which decoders the decoder phase fine-tunes: gs, mesh or both")
     objects: int = option(3600, "procedural objects this chunk builds and trains on (seeds from --seed-base)")
-    views: int = option(3, "condition images per object")
+    views: int = option(3, "condition images per object (0: none; the flow phase then does not run)")
     render_size: int = option(640, "render size of the condition images (before TRELLIS's crop)")
     seed: int = option(0, "seed of the initialisation and the batch order")
     seed_base: int = option(100000, "this chunk's first object seed (evaluation and probes use others); chunks may "
@@ -89,10 +100,16 @@ class TrainConfig:
         bad = set(self.flow_names) - {"ss", "slat"}
         if bad or not self.flow_names:
             raise ValueError(f"--flows takes ss, slat or ss,slat; got {self.flows!r}")
+        if set(self.decoder_names) - set(DECODER_NETS) or not self.decoder_names:
+            raise ValueError(f"--decoders takes gs, mesh or gs,mesh; got {self.decoders!r}")
 
     @property
     def flow_names(self) -> List[str]:
         return [f for f in self.flows.split(",") if f]
+
+    @property
+    def decoder_names(self) -> List[str]:
+        return [d for d in self.decoders.split(",") if d]
 
 
 @dataclass
@@ -102,8 +119,8 @@ class TrainState:
     architecture: str
     encoder: Optional[str]  # sha256 of the frozen encoder's weights (None until a chunk had one): no resuming with another
     objects: int  # distinct objects trained on, over all chunks (those of ``seeds``)
-    steps: Dict[str, int] = field(default_factory=lambda: {"vae": 0, "flow": 0})
-    seconds: Dict[str, float] = field(default_factory=lambda: {"vae": 0.0, "flow": 0.0})
+    steps: Dict[str, int] = field(default_factory=lambda: {p: 0 for p in PHASES})
+    seconds: Dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     slat_normalization: Optional[dict] = None
     structure_latent_scale: Optional[List[float]] = None
     log: List[dict] = field(default_factory=list)
@@ -190,6 +207,10 @@ class Trainer:
     def autoencoder_losses(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
         return vae_losses(self.nets, [self.data[i] for i in idx[:self.config.vae_batch]], self.device)
 
+    def decoder_losses(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
+        return decoder_losses(self.nets, [self.data[i] for i in idx[:self.config.vae_batch]], self.device,
+                              self.config.decoder_names)
+
     def flow_losses(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
         """The structure flow on all objects ``idx``; the latent flow, whose sparse attention
         dominates a step, on the first ``flow_batch``."""
@@ -267,6 +288,8 @@ class Trainer:
                 return
 
     def phase_budget(self, phase: str) -> float:
+        if phase == "decoders":
+            return max(self.config.decoder_minutes * 60, 1.0)
         share = self.config.vae_share if phase == "vae" else 1 - self.config.vae_share
         return max(self.config.total_minutes * 60 * share, 1.0)
 
@@ -315,8 +338,16 @@ class Trainer:
             self.state.slat_normalization = latent_normalization(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
             print("structure latent rescaled by", self.state.structure_latent_scale, flush=True)
 
+        # between them: the decoders alone, on the frozen encoder's latents (the latent space stays)
+        if self.state.slat_normalization is not None and self.config.decoder_minutes > 0:
+            self.nets["slat_encoder"].eval().requires_grad_(False)
+            self.run_phase("decoders", [DECODER_NETS[d] for d in self.config.decoder_names], self.decoder_losses,
+                           lambda: self.state.seconds["decoders"] < self.phase_budget("decoders") and self.chunk_left())
+
         # phase 2: the flows, on frozen autoencoders and frozen tokens
-        if self.state.slat_normalization is not None and self.encoder is None:
+        if self.state.slat_normalization is not None and self.config.views == 0:
+            print("no condition images (--views 0): the flow phase needs them", flush=True)
+        elif self.state.slat_normalization is not None and self.encoder is None:
             print("the autoencoders are trained; the flow phase needs --encoder", flush=True)
         elif self.state.slat_normalization is not None and self.chunk_left():
             for n in VAE_NETS:
@@ -347,6 +378,9 @@ class Trainer:
         ``flows.safetensors`` the flows restart from their moving averages (before any flow step:
         from their initialisation)."""
         state = TrainState(**read_json(self.ckpt / "state.json"))
+        for counter in (state.steps, state.seconds):  # written before the decoder phase existed
+            for phase in PHASES:
+                counter.setdefault(phase, 0)
         if state.architecture != self.arch.name:
             raise ValueError(f"{self.ckpt} holds a {state.architecture!r} model, not {self.arch.name!r}")
         if state.encoder is not None and state.encoder != self.state.encoder:
@@ -393,8 +427,9 @@ class Trainer:
                f"({about['seeds']}) to expose {', '.join(about['targets'])} per patch, frozen"
                if about else "a frozen pre-trained condition encoder")
         s = self.state
+        decoders = f"{s.steps['decoders']} decoder fine-tuning + " if s.steps["decoders"] else ""
         return (f"small TRELLIS-architecture model trained by fuse3d on procedural part-labelled objects "
-                f"({s.objects} objects, {s.steps['vae']} autoencoder + {s.steps['flow']} flow steps) with {enc}; "
+                f"({s.objects} objects, {s.steps['vae']} autoencoder + {decoders}{s.steps['flow']} flow steps) with {enc}; "
                 "it knows only such objects (docs/evaluation.md)")
 
     def export(self, out: Path) -> Path:
@@ -406,14 +441,19 @@ class Trainer:
         params = {"steps": 12, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}
         sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": SIGMA_MIN}}
         encoder = copy.deepcopy(self.encoder).eval().half()  # stored in fp16 (loaded back as fp32 on CPU)
-        return write_pipeline(
+        slat_encoder = self.arch.networks["slat_encoder"]  # for encoding a given asset (Fuse3D.edit)
+        save_network(self.nets["slat_encoder"], out / "ckpts" / self.arch.ckpt("slat_encoder"), slat_encoder.cls,
+                     slat_encoder.args)
+        folder = write_pipeline(
             out, networks, (encoder, self.arch.ckpt("image_cond_model")),
             ss_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
             slat_sampler={**sampler, "params": {**params, "cfg_strength": 3.0}},
             slat_normalization=self.state.slat_normalization,
             fuse3d_meta={"model_name": SMALL_MODEL_NAME if self.arch.name == "small" else f"fuse3d-{self.arch.name}",
-                         "description": self.description()},
+                         "description": self.description(),
+                         "slat_encoder": f"ckpts/{self.arch.ckpt('slat_encoder')}", "slat_encoder_input": "color_normal"},
         )
+        return folder
 
 
 def main(argv=None) -> None:
