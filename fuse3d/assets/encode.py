@@ -32,7 +32,7 @@ from ..data import ObjectSpec, View, VoxelObject, render, surface_normals, voxel
 from ..trellis.checkpoint import CheckpointError, load_network, resolve_folder
 from ..trellis.sparse import SparseTensor
 from .mesh import Mesh
-from .voxelize import _lattice_samples, _vertices_faces, normalize_vertices
+from .voxelize import _lattice_samples, framed_triangles
 
 __all__ = ["SurfaceVoxels", "EncodedAsset", "encode_asset", "load_slat_encoder", "slat_encoder_input",
            "project_patch_features", "sphere_views", "PUBLISHED_SLAT_ENCODER", "SLAT_ENCODER_INPUTS"]
@@ -87,17 +87,8 @@ class SurfaceVoxels:
             import trimesh
 
             mesh = trimesh.load(mesh, force="mesh")
-        vertices, faces = _vertices_faces(mesh)
         colors = _vertex_colors(mesh)
-        if len(faces) == 0:
-            raise ValueError("cannot encode a mesh without faces")
-        if from_y_up:
-            from .export import Z_UP_TO_Y_UP
-
-            vertices = vertices @ Z_UP_TO_Y_UP.T
-        if normalize:
-            vertices = normalize_vertices(vertices)[0]
-        tri = vertices[faces]
+        tri, faces = framed_triangles(mesh, normalize, from_y_up, "encode")
         face_normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
         face_normal /= np.maximum(np.linalg.norm(face_normal, axis=1, keepdims=True), 1e-12)
         R = resolution

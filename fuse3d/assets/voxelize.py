@@ -66,14 +66,7 @@ def voxelize_mesh(mesh: MeshLike, resolution: int = 64, *, normalize: bool = Tru
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    vertices, faces = _vertices_faces(mesh)
-    if len(faces) == 0:
-        raise ValueError("cannot voxelize a mesh without faces")
-    if from_y_up:
-        vertices = vertices @ Z_UP_TO_Y_UP.T
-    if normalize:
-        vertices = normalize_vertices(vertices)[0]
-    triangles = vertices[faces]  # [F, 3, 3]
+    triangles, _ = framed_triangles(mesh, normalize, from_y_up, "voxelize")
     keys = np.unique(np.concatenate(list(_surface_voxel_keys(triangles, resolution))))
     return _coords_from_keys(keys, resolution)
 
@@ -157,6 +150,19 @@ def transfer_colors(target: Union[Mesh, trimesh.Trimesh, ArrayLike], source_poin
 
 
 # ---------------------------------------------------------------------------- helpers
+def framed_triangles(mesh: MeshLike, normalize: bool, from_y_up: bool, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(triangles [F, 3, 3], faces [F, 3])`` of a mesh in TRELLIS's frame (rotated from y up, then
+    normalised into the unit cube, as asked); ``what`` names the caller in the error for no faces."""
+    vertices, faces = _vertices_faces(mesh)
+    if len(faces) == 0:
+        raise ValueError(f"cannot {what} a mesh without faces")
+    if from_y_up:
+        vertices = vertices @ Z_UP_TO_Y_UP.T
+    if normalize:
+        vertices = normalize_vertices(vertices)[0]
+    return vertices[faces], faces
+
+
 def _vertices_faces(mesh: MeshLike) -> Tuple[np.ndarray, np.ndarray]:
     if isinstance(mesh, (str, os.PathLike)):
         mesh = trimesh.load(mesh, force="mesh")
