@@ -46,12 +46,12 @@ def _structure_f_score(pipe, seeds) -> float:
 def test_trained_structure_follows_the_image_unlike_random_weights(small, tiny_model_dir):
     """F-score at one voxel of the structure sampled from one image of a held-out object.
 
-    Measured when the model was bundled (2026-12-02): 0.48 on these 8 objects (0.09–0.74 each), where
-    the random model scores 0.08; 0.54 on the 4 evaluation objects of docs/evaluation.md. (The
-    previous bundled model scored 0.32 here.)"""
+    Measured when the model was bundled (2026-12-07, 8 106 flow steps): 0.60 on these 8 objects, where
+    the random model scores 0.08; 0.60 on the 4 evaluation objects of docs/evaluation.md. (The
+    previous bundled models scored 0.48 and 0.32 here.)"""
     trained = _structure_f_score(small, HELD_OUT)
     random = _structure_f_score(Fuse3D.from_pretrained(tiny_model_dir, progress=False), HELD_OUT)
-    assert trained > 0.4 and trained > 5 * random, (trained, random)
+    assert trained > 0.52 and trained > 5 * random, (trained, random)
 
 
 def test_bundled_folder_is_the_trellis_format():
@@ -64,9 +64,9 @@ def test_bundled_folder_is_the_trellis_format():
 def test_forward_alignment_finds_the_parts_better_than_selecting_everything(small):
     """The method visibly works on the bundled model: on held-out objects (true structure), the
     aligned voxels at the model's own defaults match each local image's part better than selecting
-    every voxel does. Measured when bundled (2026-12-02), at latent_steps=6 on these two objects (4
-    parts): mean IoU 0.56 against 0.46 for select-all (0.64 against 0.36 on the 4 evaluation objects
-    of docs/evaluation.md, where the previous bundled model scored 0.36, the select-all level)."""
+    every voxel does. Measured when bundled (2026-12-07), at latent_steps=6 on these two objects (4
+    parts): mean IoU 0.73 against 0.46 for select-all (0.70 against 0.36 on the 4 evaluation objects
+    of docs/evaluation.md). The previous bundled models scored 0.56 and the select-all level here.)"""
     from fuse3d.metrics import alignment_table
 
     ious, shares = [], []
@@ -78,4 +78,4 @@ def test_forward_alignment_finds_the_parts_better_than_selecting_everything(smal
         rows = alignment_table(run, truth, [run.params.heads], [run.params.threshold])
         ious += [r["iou"] for r in rows]
         shares += [float(t.mean()) for t in truth]
-    assert np.mean(ious) > np.mean(shares) + 0.05, (ious, shares)
+    assert np.mean(ious) > np.mean(shares) + 0.15, (ious, shares)

@@ -6,7 +6,7 @@ import pytest
 from fuse3d import Condition, Fuse3D
 from fuse3d.data import make_example_set, voxelize
 from fuse3d.metrics import alignment_table, mean_iou
-from fuse3d.train.evaluate import THRESHOLDS, evaluate_example, summarize, tuning_grid, write_result
+from fuse3d.train.evaluate import THRESHOLDS, evaluate_example, lambda_sweep, summarize, tuning_grid, write_result
 
 
 def rows(iou_by_setting, locals_=2):
@@ -74,8 +74,13 @@ def test_alignment_table_scores_a_run_against_its_truth(pipe):
     assert len(table) == 2 * 2 * run.K and all(0 <= r["iou"] <= 1 for r in table)
 
 
-def test_evaluate_example_reports_every_metric(pipe):
-    e = evaluate_example(pipe, 900001, structure_steps=2, latent_steps=2)
+@pytest.fixture(scope="module")
+def evaluated(pipe):
+    return evaluate_example(pipe, 900001, structure_steps=2, latent_steps=2)
+
+
+def test_evaluate_example_reports_every_metric(pipe, evaluated):
+    e = evaluated
     k = len(e["parts"])
     assert 0 <= e["structure"]["iou"] <= 1 and e["structure"]["true_voxels"] > 0
     assert 0 <= e["color_error"] <= 1
@@ -85,6 +90,18 @@ def test_evaluate_example_reports_every_metric(pipe):
         (i, flag) for i in range(k) for flag in (False, True))
     s = summarize([e], [e])
     assert s["alignment_iou_tuned"] == s["alignment_iou_oracle"] >= s["alignment_iou_default"]
+
+
+def test_the_lambda_sweep_starts_at_the_plain_and_default_fused_errors(pipe, evaluated):
+    """Strength 0 is the run without enhancement and strength 1 the default λ: the sweep's first two
+    points are the evaluation's fused errors, and without the reverse alignment the errors differ."""
+    e = evaluated
+    sweep = lambda_sweep(pipe, [900001], [0, 1, 4], progress=False, structure_steps=2, latent_steps=2)
+    plain = np.mean([f["error"] for f in e["fusion"] if not f["enhancement"]])
+    default = np.mean([f["error"] for f in e["fusion"] if f["enhancement"]])
+    assert sweep["strengths"] == [0.0, 1.0, 4.0] and len(sweep["no_reverse"]) == 3
+    assert sweep["reverse"][:2] == pytest.approx([plain, default], abs=1e-6)
+    assert sweep["no_reverse"] != pytest.approx(sweep["reverse"])
 
 
 def test_write_result_is_json_that_reads_back(tmp_path):

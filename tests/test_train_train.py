@@ -304,8 +304,9 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
 def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     """checkpoints/2026-12-02 (docs/training.md): the pre-trained encoder and the bundled model's
     training checkpoint, kept with the flows only as their moving averages (split by network) (the file the flows
-    themselves would need does not fit the device's carry). The trainer must take both, and the
-    flows resume from their averages, which are the bundled model's flows."""
+    themselves would need does not fit the device's carry). The trainer must take both; the flows
+    resume from their averages, which are the bundled model's flows, and the decoders are the
+    bundled ones."""
     import shutil
     from pathlib import Path
 
@@ -316,12 +317,13 @@ def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     shutil.copytree(kept / "latest", work / "ckpt")
     trainer = T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder"), objects=2400), device="cpu")
     trainer.load()
-    assert trainer.state.steps == {"vae": 1292, "flow": 2033} and trainer.state.objects == 4799
-    assert trainer.state.seeds[0][0] == 100000 and trainer.state.seeds[-1][1] <= 104800
+    assert trainer.state.steps == {"vae": 1292, "decoders": 1899, "flow": 8106} and trainer.state.objects == 13499
+    assert trainer.state.seeds[0][0] == 100000 and trainer.state.seeds[-1][1] <= 900000  # never a test seed
     assert trainer.state.encoder == T.weights_digest(trainer.encoder)
     assert trainer.encoder.width == SMALL.width and len(trainer.encoder.vit.blocks) == 6
     bundled = load_pipeline(BUNDLED / SMALL_MODEL_NAME, progress=False)
-    for name in T.FLOW_NETS:
+    assert f"{trainer.state.objects} objects" in bundled.description
+    for name in (*T.FLOW_NETS, "slat_decoder_gs"):
         ours, theirs = trainer.nets[name].state_dict(), getattr(bundled, name).state_dict()
         assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-3) for k in theirs), name
     for part in (work / "ckpt").glob("ema.*.safetensors"):  # kept split by network, each file small
