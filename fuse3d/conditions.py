@@ -413,6 +413,11 @@ class Condition:
         """Number of selected patches (used to pick the global image)."""
         return int(self.prepare().selected.sum())
 
+    def _repr_html_(self) -> str:
+        from .reports import condition_html
+
+        return condition_html(self)
+
     def __repr__(self) -> str:
         kind = "patches" if self._patches is not None else ("mask" if self.mask is not None else "whole object")
         if self.mask is not None and self.mask_frame == "preprocessed":

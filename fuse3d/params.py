@@ -106,6 +106,11 @@ class Fuse3DParams:
             the global image) replaced by condition ``source``'s tokens at the same patches;
             patch_blocks: where (``None``: every block).
         intervene_steps: the sampler steps both act at (``None``: all).
+    On-demand attention for the explorer (the ``explore`` stage; ``run.cell_attention``, ``run.patch_attention``)
+        explore_cells: cells whose full attention rows ``[heads, cells, tokens]`` are captured in
+            every condition's sampling; explore_patches: ``(condition, (patches…))`` pairs whose
+            attention over all cells is captured; explore_blocks, explore_steps: which blocks and
+            steps they average (``None``: all).
     """
 
     seed: int = 0
@@ -143,6 +148,10 @@ class Fuse3DParams:
     patch_tokens: Optional[Tuple[int, int]] = None
     patch_blocks: Optional[Tuple[int, ...]] = None
     intervene_steps: Optional[Tuple[int, ...]] = None
+    explore_cells: Optional[Tuple[int, ...]] = None
+    explore_patches: Optional[Tuple[Tuple[int, Tuple[int, ...]], ...]] = None
+    explore_blocks: Optional[Tuple[int, ...]] = None
+    explore_steps: Optional[Tuple[int, ...]] = None
 
     @classmethod
     def for_model(cls, defaults: ModelDefaults, **changes) -> "Fuse3DParams":
@@ -167,8 +176,12 @@ class Fuse3DParams:
             raise TypeError(f"unknown Fuse3D parameter(s) {unknown}; known: {', '.join(self.names())}")
         norm = {}
         for k, v in changes.items():
-            if v is not None and k in ("heads", "capture_blocks", "capture_steps", "patch_blocks", "intervene_steps"):
+            if v is not None and k in ("heads", "capture_blocks", "capture_steps", "patch_blocks", "intervene_steps",
+                                       "explore_cells", "explore_blocks", "explore_steps"):
                 v = tuple(int(x) for x in v)
+            elif v is not None and k == "explore_patches":
+                pairs = v.items() if isinstance(v, dict) else v
+                v = tuple(sorted((int(i), tuple(sorted(int(t) for t in ts))) for i, ts in pairs)) or None
             elif v is not None and k == "lambdas":
                 v = tuple(float(x) for x in v)
             elif v is not None and k == "ablate_heads":

@@ -221,6 +221,63 @@ def _capture(run, i, x, p):
     return mine
 
 
+EXPLORE_FIELDS = LATENT_FIELDS + ("capture_strategy", "prefix_tokens", "explore_cells", "explore_patches",
+                                  "explore_blocks", "explore_steps")
+
+
+def _explore_patches(p, i: int) -> Optional[Tuple[int, ...]]:
+    return dict(p.explore_patches or ()).get(i)
+
+
+def _explore_key(run, i, p):
+    return {**model(run), "seed": p.seed, "sampler": sampler(run, p, "latent"), "strategy": p.capture_strategy,
+            "prefix_tokens": p.prefix_tokens, "cells": _json(p.explore_cells), "patches": _json(_explore_patches(p, i)),
+            "blocks": _json(p.explore_blocks), "steps": _json(p.explore_steps)}
+
+
+def _explore(run, i, x, p):
+    """On-demand attention of a few cells over every token (``rows [heads, cells, tokens]``, in every
+    condition's capture sampling, fed its full tokens) and of chosen patches over every cell
+    (``patch_scores [heads, cells]``); every other condition still missing is computed with it."""
+    def asked(j: int) -> bool:
+        return bool(p.explore_cells) or bool(_explore_patches(p, j))
+
+    if not asked(i):
+        raise ValueError(f"nothing to explore in condition {i}: give explore_cells or explore_patches "
+                         "(run.cell_attention, run.patch_attention)")
+    n = run.K + 1
+    keys = {j: run.key("explore", j) for j in range(n)}
+    missing = [j for j in range(n) if j == i or (asked(j) and run.cache.status("explore", keys[j]) == "missing")]
+    encoded = [run.entry("encode", j) for j in range(n)]
+    out: Dict[int, Dict[str, torch.Tensor]] = {j: {} for j in missing}
+    wants = [("rows", torch.tensor(p.explore_cells, dtype=torch.long), missing)] if p.explore_cells else []
+    for j in missing:
+        if _explore_patches(p, j):
+            wants.append(("patches", torch.tensor(_explore_patches(p, j), dtype=torch.long), [j]))
+    for what, chosen, which in wants:
+        items = []
+        for j in range(n):
+            tokens = encoded[j]["tokens"]
+            fed, target = capture.capture_tokens(tokens.shape[0], run.prefix, chosen if what == "patches" else
+                                                 torch.zeros(0, dtype=torch.long), prefix_tokens=p.prefix_tokens)
+            if what == "rows":
+                target = capture.CaptureTarget("rows", chosen)
+            name = "capture:global" if j == run.K else f"capture:{run.local_conditions[j].key}"  # the capture's noise
+            items.append(capture.CaptureItem(f"explore {j}", tokens[fed], fed, target, derive_seed(p.seed, name)))
+        plan = capture.CapturePlan(x["structure"]["coords"], len(cells(x["structure"])[0]), run.num_heads, run.num_blocks,
+                                   items, sampler(run, p, "latent"), p.capture_strategy, p.explore_blocks,
+                                   p.explore_steps, detail=False)
+        for j, (tensors, _) in zip(which, capture.capture(run.trellis, plan, which, run.progress)):
+            if what == "rows":
+                out[j].update(rows=tensors["mean"], cells=tensors["target_tokens"], fed_tokens=tensors["fed_tokens"])
+            else:
+                out[j].update(patch_scores=tensors["mean"], patch_tokens=tensors["target_tokens"])
+    for j in missing:
+        if j != i:
+            run.cache.put("explore", keys[j], Entry(out[j]))
+    return Entry(out[i])
+
+
 # ============================================================================ alignment
 def _forward(run, k, x, p):
     score, mask = alignment.forward_alignment(x["capture"]["mean"], p.heads, p.threshold)
@@ -448,6 +505,10 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           CAPTURE_FIELDS, _capture_key, _capture,
           "cross-attention averaged over blocks and steps: forward [heads, cells] for a local, reverse "
           "[heads, cells, candidates] for the global image (§3.3)"),
+    Stage("explore", "condition", (Input("structure", "structure", "run"), Input("tokens", "encode")),
+          EXPLORE_FIELDS, _explore_key, _explore,
+          "on demand only (the explorer): rows [heads, chosen cells, tokens] of a few cells, and "
+          "[heads, cells] of chosen patches, from this condition's capture sampling fed its full tokens"),
     Stage("forward_alignment", "local", (Input("capture", "capture"),), ("heads", "threshold"),
           lambda run, k, p: {"heads": list(p.heads), "threshold": p.threshold}, _forward,
           "mean over the chosen heads, min–max over cells, threshold: the raw V_k (§3.3)"),

@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
 def test_all_notebooks_present():
     assert [p.stem for p in NOTEBOOKS] == ["01_walkthrough", "02_heads_and_thresholds", "03_reverse_alignment",
-                                           "04_lambda_sweeps", "05_ablations", "06_applications"]
+                                           "04_lambda_sweeps", "05_ablations", "06_applications", "07_explore"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

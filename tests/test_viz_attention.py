@@ -33,12 +33,19 @@ def test_minmax_rows():
     assert out.tolist() == [[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]
 
 
-def test_head_grid_has_a_scene_per_head_and_stars_chosen_heads(run):
+def test_head_grid_tiles_every_head_in_one_scene_and_stars_chosen_heads(run):
+    """16 heads, one WebGL context: every head is a tile of the same scene."""
     fig = head_grid(run, 0)
     assert len(fig.data) == run.num_heads == 16
-    assert {f"scene{n}" if n > 1 else "scene" for n in range(1, 17)} <= set(fig.layout._props)
-    starred = [a.text for a in fig.layout.annotations if "★" in a.text]
+    assert [k for k in fig.layout._props if k.startswith("scene")] == ["scene"]
+    assert fig.layout.scene.camera.projection.type == "orthographic"
+    starred = [a.text for a in fig.layout.scene.annotations if "★" in a.text]
     assert starred == [f"<b>head {h} ★</b>" for h in run.params.heads]
+    # tiles do not overlap: each head's x–z extent is its own
+    boxes = [(min(t.x), max(t.x), min(t.z), max(t.z)) for t in fig.data]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[1] < b[0] or b[1] < a[0] or a[3] < b[2] or b[3] < a[2]
     # each head min-max normalised: values span [0, 1]
     assert np.isclose(np.min(fig.data[3].intensity), 0) and np.isclose(np.max(fig.data[3].intensity), 1)
 

@@ -10,7 +10,8 @@ Conditions and tokens (:mod:`viz.tokens`)
     selected (``D_k``), and for the global image the reverse scores and ``D_g``;
     ``enhancement_figure(run)`` unified tokens per region, λ, and the matrix ``E``.
 Attention and alignment in 3D (:mod:`viz.attention`)
-    ``head_grid(run, k, block=, step=)`` 4×4 small multiples, one scene per head (chosen heads ★);
+    ``head_grid(run, k, block=, step=)`` small multiples, one tile per head, all in one scene
+    (one WebGL context however many heads; chosen heads ★);
     ``score_figure(run, k)`` forward score; ``refinement_figure(run)`` raw vs refined masks (kept,
     added, removed); ``alignment_figure(run, truth=)`` aligned regions per local vs ground truth;
     ``reverse_figure(run)`` where the global image's ``D_g`` tokens attend, and the unaligned cells.
@@ -19,6 +20,12 @@ Voxels (:mod:`viz.voxels`)
 Assets (:mod:`viz.assets`)
     ``asset_figure(run)`` asset colours on the voxels; ``gaussians_figure``; ``mesh_figure``;
     ``compare_figure({label: run})`` side by side (ablations); ``change_figure`` where each moved.
+Attention from both sides (:mod:`viz.explorer`)
+    ``explore(run)`` click a cell in 3D → its attention over every image's patches; select patches on
+    an image → every cell's attention to them (on-demand captures, :mod:`fuse3d.explore`).
+Regions (:mod:`viz.painter`)
+    ``paint(image)`` a brush / eraser / box painter on the preprocessed crop with its patch grid and a
+    live patch count; ``painter.condition()`` is the painted :class:`fuse3d.Condition`.
 Tuning (:mod:`viz.widgets`, :mod:`viz.lambdas`, :mod:`viz.metrics`)
     ``HeadTuner(run)`` head checkboxes + threshold + refine over a ``FigureWidget``, no network;
     ``lambda_sweep(run, strengths)`` + ``lambda_sweep_figure(sweep)`` slider over cached results;
@@ -32,17 +39,23 @@ Ground truth of the bundled examples (:mod:`viz.examples`)
     ``demo_structure(pipe, example)``; ``cache_dir()`` the notebooks' disk cache.
 Stills and export
     ``viz.render.render_voxels`` / ``render_mesh`` (pyvista, imported lazily) → PIL images;
-    ``viz.browser`` headless-Chromium render checks and screenshots; ``style.write_html`` (plotly.js
-    embedded, deterministic ids); ``summary(run)`` HTML with thumbnails.
+    ``turntable(run, "asset.gif")`` the asset turning once (GIF or MP4, pyvista off screen);
+    ``save(fig, "fig.html" | "fig.png")`` without any network (plotly.js embedded; PNG by headless
+    Chromium); ``viz.browser`` render checks and screenshots; ``viz.lab`` runs notebooks in a real
+    JupyterLab (Playwright); ``summary(run)`` HTML with thumbnails. ``Condition`` and ``Run`` show
+    rich HTML in a notebook (the crop with its selection; the stage table with timings).
 """
 from . import browser, render, style
 from .assets import asset_colors, asset_figure, change_figure, compare_figure, gaussians_figure, mesh_figure
 from .attention import alignment_figure, head_grid, refinement_figure, reverse_figure, score_figure
 from .causal import intervention_figure
 from .examples import Example, cache_dir, demo_structure, load_example
+from .explorer import Explorer, explore
 from .lambdas import Sweep, count_figure, lambda_curves, lambda_sweep, lambda_sweep_figure, runs_by_count
 from .metrics import alignment_table, iou, iou_figure
-from .style import model_label, write_html
+from .painter import RegionPainter, paint
+from .render import turntable
+from .style import model_label, save, write_html
 from .summary import summary
 from .tokens import condition_figure, conditions_figure, enhancement_figure
 from .voxels import exposed_faces, voxel_figure, voxel_mesh, voxel_scatter
@@ -50,10 +63,11 @@ from .widgets import HeadTuner
 
 __all__ = [
     "browser", "render", "style",
-    "Example", "HeadTuner", "Sweep", "alignment_figure", "alignment_table", "asset_colors", "asset_figure",
-    "cache_dir", "change_figure", "compare_figure", "count_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure",
+    "Example", "Explorer", "HeadTuner", "RegionPainter", "Sweep", "alignment_figure", "alignment_table", "asset_colors", "asset_figure",
+    "cache_dir", "change_figure", "compare_figure", "count_figure", "condition_figure", "conditions_figure", "demo_structure", "enhancement_figure", "explore",
     "exposed_faces", "gaussians_figure", "head_grid", "intervention_figure", "iou", "iou_figure", "lambda_curves",
     "lambda_sweep",
     "lambda_sweep_figure", "load_example", "mesh_figure", "model_label", "refinement_figure", "reverse_figure",
-    "runs_by_count", "score_figure", "summary", "voxel_figure", "voxel_mesh", "voxel_scatter", "write_html",
+    "paint", "runs_by_count", "save", "score_figure", "summary", "turntable", "voxel_figure", "voxel_mesh", "voxel_scatter",
+    "write_html",
 ]

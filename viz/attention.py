@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import style
-from .voxels import VoxelSurface, exposed_faces, voxel_mesh
+from .voxels import VoxelSurface, exposed_faces, tile_placement, voxel_mesh
 
 CELL_RESOLUTION = 32
 VOXEL_RESOLUTION = 64
@@ -61,12 +61,16 @@ def _drill_label(block: Optional[int], step: Optional[int]) -> str:
 def head_grid(run, k: int, *, block: Optional[int] = None, step: Optional[int] = None,
               heads: Optional[Sequence[int]] = None, cols: int = 4, normalize: str = "head",
               camera: tuple = (45.0, 25.0)) -> go.Figure:
-    """Small multiples: one 3D scene per head with local ``k``'s attention on the cells.
+    """Small multiples: local ``k``'s attention on the cells, one tile per head, all in **one** 3D
+    scene (a page keeps only about 16 WebGL contexts; a scene per head would use them up).
+
+    Every tile shows the cells from ``camera = (yaw, pitch)``; dragging pans the board.
 
     Args:
         k: local condition index.
         block, step: show one block (mean over steps) or one sampler step (mean over blocks).
         heads: which heads to draw (default: all); the run's chosen heads are starred and red.
+        cols: tiles per row.
         normalize: ``"head"`` (each head min–max on its own, as alignment does) or ``"shared"``
             (one scale for all heads, to compare their magnitudes).
     """
@@ -77,24 +81,26 @@ def head_grid(run, k: int, *, block: Optional[int] = None, step: Optional[int] =
     shown = values[heads]
     shown = minmax_rows(shown) if normalize == "head" else minmax_rows(shown.reshape(1, -1)).reshape(shown.shape)
     chosen = set(run.params.heads)
+    cols = max(1, min(cols, len(heads)))
     rows = -(-len(heads) // cols)
-    names = [f"<b>head {h} ★</b>" if h in chosen else f"head {h}" for h in heads]
-    fig = make_subplots(rows=rows, cols=cols, specs=style.subplot_specs(rows, cols), subplot_titles=names,
-                        horizontal_spacing=0.005, vertical_spacing=0.04)
     surface = cell_surface(run)
+    fig = go.Figure()
+    labels = []
     for n, h in enumerate(heads):
         bar = dict(title="score", len=0.5, thickness=14) if n == 0 else None
-        mesh = voxel_mesh(surface, values=shown[n], resolution=CELL_RESOLUTION, name=f"head {h}", cmin=0, cmax=1,
-                          colorbar=bar, hover="score")
-        fig.add_trace(mesh, row=n // cols + 1, col=n % cols + 1)
-    for ann, h in zip(fig.layout.annotations, heads):
-        ann.font = dict(color=style.HIGHLIGHT if h in chosen else "#444", size=13)
-    fig.update_scenes(**style.scene(*camera))
+        place = tile_placement(n, cols, camera)
+        fig.add_trace(voxel_mesh(surface, values=shown[n], resolution=CELL_RESOLUTION, name=f"head {h}", cmin=0, cmax=1,
+                                 colorbar=bar, hover="score", placement=place))
+        x, _, z = place(np.array([[0.0, 0.0, 0.0]]))[0]
+        labels.append(dict(x=float(x), y=0.0, z=float(z) + 0.62, showarrow=False,
+                           text=f"<b>head {h} ★</b>" if h in chosen else f"head {h}",
+                           font=dict(color=style.HIGHLIGHT if h in chosen else "#444", size=13)))
     name = run.local_conditions[k].name
     fig.update_layout(title=style.title(f"Attention of {name}'s selected tokens per head — {_drill_label(block, step)}"
                                         f" — ★ = chosen heads {sorted(chosen)} (0-based)"
                                         f"<br><sup>{style.defaults_label(run)}</sup>", run),
-                      height=230 * rows + 110, width=980, margin=dict(l=0, r=0, t=110, b=0))
+                      scene=dict(style.tile_scene(rows, cols), annotations=labels),
+                      height=min(230 * rows + 110, 1100), width=980, margin=dict(l=0, r=0, t=110, b=0))
     return fig
 
 

@@ -5,8 +5,11 @@ EGL window is selected unless ``VTK_DEFAULT_OPENGL_WINDOW`` is already set.
 """
 from __future__ import annotations
 
+import base64
+import html
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
@@ -65,6 +68,12 @@ def render_voxels(coords: ArrayLike, *, values: Optional[ArrayLike] = None, colo
     bar) or ``colors`` (``[N, 3]`` RGB); returns the image (shown inline in Jupyter) and writes
     ``path`` (PNG) if given."""
     pv, plotter = _plotter(size)
+    _add_voxels(pv, plotter, coords, values, colors, resolution, cmap, clim, scalar_title, edges)
+    return _finish(plotter, title, path, camera)
+
+
+def _add_voxels(pv, plotter, coords, values, colors, resolution, cmap="viridis", clim=(0.0, 1.0), scalar_title="score",
+                edges=True) -> None:
     surface = exposed_faces(coords)
     faces = np.hstack([np.full((len(surface.quads), 1), 4), surface.quads]).ravel()
     poly = pv.PolyData(surface.positions(resolution).astype(np.float64), faces)
@@ -78,7 +87,6 @@ def render_voxels(coords: ArrayLike, *, values: Optional[ArrayLike] = None, colo
         plotter.add_mesh(poly, scalars="rgb", rgb=True, **style)
     else:
         plotter.add_mesh(poly, color="lightgrey", **style)
-    return _finish(plotter, title, path, camera)
 
 
 def render_mesh(mesh, *, size: Tuple[int, int] = (900, 700), camera: Tuple[float, float] = (45, 25),
@@ -94,3 +102,51 @@ def render_mesh(mesh, *, size: Tuple[int, int] = (900, 700), camera: Tuple[float
     else:
         plotter.add_mesh(poly, color="lightgrey", smooth_shading=True)
     return _finish(plotter, title, path, camera)
+
+
+@dataclass
+class Turntable:
+    """A written turntable animation; shows itself inline in a notebook (the file, base64-embedded)."""
+
+    path: Path
+    frames: int
+
+    def _repr_html_(self) -> str:
+        data = base64.b64encode(self.path.read_bytes()).decode()
+        if self.path.suffix == ".gif":
+            return f'<img src="data:image/gif;base64,{data}" alt="{html.escape(self.path.name)}">'
+        return f'<video controls loop autoplay muted src="data:video/mp4;base64,{data}"></video>'
+
+
+def turntable(run, path: Union[str, Path], *, frames: int = 36, fps: int = 12, size: Tuple[int, int] = (480, 400),
+              pitch_deg: float = 25.0, title: Optional[str] = None) -> Turntable:
+    """The run's final asset (its colours on the structure's voxels) turning once around z, rendered
+    off screen by pyvista: ``path`` ending in ``.gif`` (Pillow) or ``.mp4`` (needs imageio-ffmpeg).
+    The title defaults to the model's name."""
+    from .assets import asset_colors
+    from .style import model_label
+
+    path = Path(path)
+    if path.suffix not in (".gif", ".mp4"):
+        raise ValueError(f"a turntable is written as .gif or .mp4, not {path.suffix or 'no suffix'!r}")
+    if frames < 2:
+        raise ValueError(f"a turntable needs at least 2 frames, got {frames}")
+    pv, plotter = _plotter(size)
+    _add_voxels(pv, plotter, run.structure, None, asset_colors(run), 64, edges=False)
+    plotter.add_text(title or model_label(run), position="upper_left", font_size=9, color="black")
+    images = []
+    for n in range(frames):
+        plotter.camera_position = camera_position(45.0 + 360.0 * n / frames, pitch_deg)
+        plotter.reset_camera()
+        images.append(Image.fromarray(plotter.screenshot(return_img=True)))
+    plotter.close()
+    if path.suffix == ".gif":
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, optimize=True)
+    else:
+        try:
+            import imageio.v2 as imageio
+
+            imageio.mimwrite(path, [np.asarray(im) for im in images], fps=fps)
+        except (ImportError, ValueError) as e:
+            raise RuntimeError(f"writing MP4 needs imageio with ffmpeg (pip install imageio-ffmpeg): {e}") from None
+    return Turntable(path, frames)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import plotly.graph_objects as go
 
@@ -94,6 +94,15 @@ def scene(yaw_deg: float = 45.0, pitch_deg: float = 25.0, axes: bool = False) ->
                 camera=camera(yaw_deg, pitch_deg), dragmode="turntable")
 
 
+def tile_scene(rows: int, cols: int, gap: float = 0.35) -> dict:
+    """The scene of :func:`viz.voxels.tile_placement`'s small multiples: seen orthographically from −y,
+    z up, so every tile shows its turned object the same way."""
+    axis = dict(visible=False, showbackground=False, title="")
+    return dict(aspectmode="data", xaxis=axis, yaxis=axis, zaxis=dict(axis), dragmode="pan",
+                camera=dict(eye=dict(x=0, y=-2.0, z=0), up=dict(x=0, y=0, z=1), center=dict(x=0, y=0, z=0),
+                            projection=dict(type="orthographic")))
+
+
 def element_id(fig: go.Figure, name: Optional[str] = None) -> str:
     """A deterministic HTML id: ``name`` or a hash of the figure's JSON."""
     if name:
@@ -108,6 +117,20 @@ def write_html(fig: go.Figure, path: Union[str, Path], div_id: Optional[str] = N
     fig.write_html(path, include_plotlyjs=True, full_html=True, div_id=element_id(fig, div_id),
                    post_script=post_script, config={"displaylogo": False})
     return path
+
+
+def save(fig: go.Figure, path: Union[str, Path], size: Optional[Tuple[int, int]] = None) -> Path:
+    """Save a figure without any network: ``.html`` is a standalone page with plotly.js embedded
+    (:func:`write_html`), ``.png`` is drawn by headless Chromium (:func:`viz.browser.figure_screenshot`;
+    needs the ``chromium`` binary) at the figure's own size unless ``size`` is given."""
+    path = Path(path)
+    if path.suffix == ".html":
+        return write_html(fig, path)
+    if path.suffix == ".png":
+        from .browser import figure_screenshot
+
+        return figure_screenshot(fig, path, size)
+    raise ValueError(f"save writes .html or .png, not {path.suffix or 'no suffix'!r}")
 
 
 def legend_entry(name: str, color: str, group: Optional[str] = None) -> go.Scatter3d:

@@ -9,7 +9,7 @@ etc. in TRELLIS's frame, so voxels, cells, meshes and Gaussians overlay exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 import plotly.graph_objects as go
@@ -128,7 +128,8 @@ def rgb_strings(colors: ArrayLike) -> np.ndarray:
 def voxel_mesh(surface: VoxelSurface, *, values: Optional[ArrayLike] = None, colors: Optional[ArrayLike] = None,
                faces: Optional[np.ndarray] = None, resolution: int = 64, name: str = "voxels",
                colorscale: str = style.SCORE_SCALE, cmin: Optional[float] = None, cmax: Optional[float] = None,
-               colorbar: Optional[dict] = None, opacity: float = 1.0, hover: str = "value") -> go.Mesh3d:
+               colorbar: Optional[dict] = None, opacity: float = 1.0, hover: str = "value",
+               placement: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> go.Mesh3d:
     """A flat-shaded ``Mesh3d`` of a voxel surface, coloured per voxel.
 
     Args:
@@ -139,12 +140,16 @@ def voxel_mesh(surface: VoxelSurface, *, values: Optional[ArrayLike] = None, col
             (instead of ``values``).
         faces: ``[F]`` bool/indices selecting which faces to draw (default: all).
         resolution: grid size of the voxels (64 voxels, 32 cells).
+        placement: maps the ``[V, 3]`` vertex positions (TRELLIS frame) to where they are drawn (a
+            tile of :func:`tile_placement`).
     """
     sel = np.arange(len(surface.quads)) if faces is None else np.asarray(faces)
     if sel.dtype == bool:
         sel = np.flatnonzero(sel)
     sub = VoxelSurface(surface.vertices, surface.quads[sel], surface.face_voxel[sel])
     pos, tri, owner = surface.positions(resolution), sub.triangles, sub.triangle_voxel
+    if placement is not None:
+        pos = placement(pos)
     trace = dict(x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], i=tri[:, 0], j=tri[:, 1], k=tri[:, 2], name=name,
                  flatshading=True, lighting=style.LIGHTING, lightposition=style.LIGHT_POSITION, opacity=opacity)
     if values is not None:
@@ -159,6 +164,21 @@ def voxel_mesh(surface: VoxelSurface, *, values: Optional[ArrayLike] = None, col
         strings = c if c.ndim == 1 else rgb_strings(c)
         trace.update(facecolor=strings[owner], hovertemplate=f"<extra>{name}</extra>")
     return go.Mesh3d(**trace)
+
+
+def tile_placement(index: int, cols: int, camera: tuple = (45.0, 25.0), gap: float = 0.35
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """Small multiples in one scene (one WebGL context, however many tiles): positions in TRELLIS's
+    frame turned so that a camera at ``camera = (yaw, pitch)`` (as :func:`style.camera`) looks along
+    +y, then moved to tile ``index`` of a ``cols``-wide grid in the x–z plane (rows go down). Seen
+    by :func:`style.tile_scene`'s camera (orthographic, from −y), every tile shows the same view."""
+    yaw, pitch = np.radians(camera[0]), np.radians(camera[1])
+    a = -yaw - np.pi / 2  # the camera's azimuth to −y
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
+    turn = (rx @ rz).T
+    shift = np.array([(index % cols) * (1 + gap), 0.0, -(index // cols) * (1 + gap)])
+    return lambda pos: (pos @ turn + shift).astype(np.float32)
 
 
 def voxel_figure(coords: ArrayLike, *, values: Optional[ArrayLike] = None, colors: Optional[ArrayLike] = None,

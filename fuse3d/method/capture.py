@@ -43,6 +43,8 @@ class CaptureTarget:
 
     ``kind="forward"``: ``tokens`` are the selected token indices (into that element's condition).
     ``kind="reverse"``: ``tokens`` are the candidate token indices whose cell-normalised attention is kept.
+    ``kind="rows"``: ``tokens`` are cell indices whose whole token-normalised attention rows are kept
+    (``[heads, len(tokens), fed tokens]``: only for a few cells, as the explorer asks).
     """
 
     kind: str
@@ -104,6 +106,8 @@ class CaptureState:
                     s.step_counts = torch.zeros(num_steps, device=device)
             elif t.kind == "reverse":  # kept as [H, candidates, cells]; mean() returns [H, cells, candidates]
                 s = CaptureSums(torch.zeros(num_heads, len(t.tokens), num_cells, device=device), transposed=True)
+            elif t.kind == "rows":  # [H, chosen cells, tokens]; the token count is known at the first call
+                s = CaptureSums(torch.zeros(0, device=device))
             else:
                 raise ValueError(f"unknown capture target kind {t.kind!r}")
             self.sums.append(s)
@@ -137,6 +141,13 @@ class CaptureState:
                     sums.by_step[step] += s
                     sums.block_counts[block] += 1
                     sums.step_counts[step] += 1
+            elif target.kind == "rows":
+                if self.key_mask is not None:
+                    kh = kh[:, self.key_mask[e]]
+                rows = torch.matmul(qh[:, idx] * scale, kh.transpose(1, 2)).float().softmax(-1)  # [H, chosen, tokens]
+                if sums.total.numel() == 0:
+                    sums.total = torch.zeros_like(rows)
+                sums.total += rows
             else:
                 # [H, candidates, cells]: the softmax over cells runs along the last, contiguous axis
                 logits = torch.matmul(kh[:, idx] * scale, qh.transpose(1, 2))
