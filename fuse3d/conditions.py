@@ -9,7 +9,9 @@ coverage; a patch is selected when any of its pixels is.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
 import io
 import warnings
 from dataclasses import dataclass
@@ -414,8 +416,6 @@ class Condition:
         return int(self.prepare().selected.sum())
 
     def _repr_html_(self) -> str:
-        from .reports import condition_html
-
         return condition_html(self)
 
     def __repr__(self) -> str:
@@ -435,3 +435,24 @@ def split_global(conditions: Sequence[Condition]) -> Tuple[Condition, list]:
     areas = [c.selected_area for c in conditions]
     g = int(np.argmax(areas))
     return conditions[g], [c for i, c in enumerate(conditions) if i != g]
+
+
+def condition_html(condition, size: int = 259) -> str:
+    """A condition as a notebook shows it: the preprocessed crop the encoder sees, the patches outside
+    the selection dimmed and the user's mask tinted, with the selected-patch count."""
+    pr = condition.prepare()
+    image = np.asarray(pr.image.convert("RGB"), np.float32)
+    selected = np.kron(pr.selected, np.ones((PATCH, PATCH), bool))[..., None]
+    shown = np.where(selected, image, 0.35 * image)
+    if pr.pixel_mask is not None:
+        tint = np.array([255.0, 140.0, 0.0])
+        shown = np.where(pr.pixel_mask[..., None], 0.65 * shown + 0.35 * tint, shown)
+    buf = io.BytesIO()
+    Image.fromarray(shown.round().astype(np.uint8)).resize((size, size), Image.LANCZOS).save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    n, fg = int(pr.selected.sum()), int(pr.foreground.sum())
+    return (f'<figure style="display:inline-block;margin:4px;text-align:center">'
+            f'<img src="{uri}" width="{size}" alt="{html.escape(condition.name)}">'
+            f"<figcaption><b>{html.escape(condition.name)}</b>: {n} of {fg} object patches selected"
+            f" ({n / pr.selected.size:.1%} of the 37×37 grid)<br><small>{html.escape(repr(condition))}</small>"
+            f"</figcaption></figure>")

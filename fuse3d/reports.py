@@ -1,16 +1,9 @@
 """What a :class:`~fuse3d.pipeline.Run` reports about itself: its summary (JSON) and its notebook HTML."""
 from __future__ import annotations
 
-import base64
 import html
-import io
-
-import numpy as np
-from PIL import Image
 
 from .editing import edit_summary
-
-PATCH = 14  # pixels per patch side in the 518² preprocessed frame
 
 def run_summary(run) -> dict:
     """What ran and what came out, JSON-serialisable (used by the CLI and the views)."""
@@ -58,24 +51,3 @@ def run_html(run) -> str:
             + (f"; edits {html.escape(run.base.name)}" if run.base is not None else ""))
     return (f"<div>{head}<table><thead><tr><th>stage</th><th>status</th><th>time</th><th>key</th><th>tensors</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></div>")
-
-
-def condition_html(condition, size: int = 259) -> str:
-    """A condition as a notebook shows it: the preprocessed crop the encoder sees, the patches outside
-    the selection dimmed and the user's mask tinted, with the selected-patch count."""
-    pr = condition.prepare()
-    image = np.asarray(pr.image.convert("RGB"), np.float32)
-    selected = np.kron(pr.selected, np.ones((PATCH, PATCH), bool))[..., None]
-    shown = np.where(selected, image, 0.35 * image)
-    if pr.pixel_mask is not None:
-        tint = np.array([255.0, 140.0, 0.0])
-        shown = np.where(pr.pixel_mask[..., None], 0.65 * shown + 0.35 * tint, shown)
-    buf = io.BytesIO()
-    Image.fromarray(shown.round().astype(np.uint8)).resize((size, size), Image.LANCZOS).save(buf, format="PNG")
-    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    n, fg = int(pr.selected.sum()), int(pr.foreground.sum())
-    return (f'<figure style="display:inline-block;margin:4px;text-align:center">'
-            f'<img src="{uri}" width="{size}" alt="{html.escape(condition.name)}">'
-            f"<figcaption><b>{html.escape(condition.name)}</b>: {n} of {fg} object patches selected"
-            f" ({n / pr.selected.size:.1%} of the 37×37 grid)<br><small>{html.escape(repr(condition))}</small>"
-            f"</figcaption></figure>")

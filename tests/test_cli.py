@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+from fuse3d.bundled import default_model_path
+
 
 def test_demo_runs_on_the_bundled_model_and_says_so(tmp_path):
     env = {**os.environ, "FUSE3D_HOME": str(tmp_path / "home")}
@@ -13,7 +15,9 @@ def test_demo_runs_on_the_bundled_model_and_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model: fuse3d-small" in proc.stdout and "procedural" in proc.stdout
     # the bundled model carries its own defaults, tuned on held-out objects, and the output names them
-    assert "alignment defaults: heads [0, 1, 2, 3] (0-based), threshold 0.6 — tuned by fuse3d.train.evaluate" in proc.stdout
+    own = json.loads((default_model_path() / "pipeline.json").read_text())["fuse3d"]["defaults"]
+    assert (f"alignment defaults: heads {own['heads']} (0-based), threshold {own['threshold']:g} — tuned by "
+            "fuse3d.train.evaluate") in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "fuse3d-small" and "it knows only such objects" in summary["model_description"]
     assert (out / "asset.glb").stat().st_size > 0 and (out / "asset.ply").stat().st_size > 0

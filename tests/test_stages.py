@@ -41,7 +41,8 @@ CHANGES = {"threshold": 0.4, "heads": [1, 2], "refine": False, "refine_k": 8, "r
            "structure_steps": 3, "structure_cfg": 1.0, "capture_tokens": "foreground", "capture_strategy": "shared",
            "capture_detail": False, "capture_blocks": [0], "capture_steps": [1], "fusion": "crop", "prefix_tokens": False,
            "ablate_heads": {0: [1]}, "ablate_mode": "mean", "patch_tokens": (0, 2), "patch_blocks": [1],
-           "intervene_steps": [0]}
+           "intervene_steps": [0], "explore_cells": [0, 1], "explore_patches": {0: [1, 2]}, "explore_blocks": [0],
+           "explore_steps": [1]}
 
 
 def test_every_parameter_is_declared_by_some_stage_or_is_a_grouping():
