@@ -90,7 +90,8 @@ class TrainConfig:
     ss_batch: int = option(96, "structure-flow batch (its steps are cheap next to the latent flow's)")
     lr: float = option(3e-4, "peak learning rate (AdamW)")
     flows: str = option("ss,slat", "which flows the flow phase trains: ss, slat or both")
-    bf16: bool = option(True, "bfloat16 autocast for the flows (the sparse convolutions' sparse path stays float32)")
+    bf16: bool = option(True, "bfloat16 autocast for the flows on CUDA (the sparse convolutions' sparse path stays "
+                              "float32; a CPU runs float32, where bfloat16 3D convolutions are about 100x slower)")
     dense_conv: bool = option(True, "train the latent flow's 64³ convolutions through a dense grid (exact, faster on a GPU)")
     export: Optional[str] = option(None, "write the TRELLIS-format model folder here at the end")
 
@@ -201,7 +202,8 @@ class Trainer:
         return Path(self.config.work) / "ckpt"
 
     def autocast(self):
-        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.config.bf16)
+        on_cuda = str(self.device).startswith("cuda")
+        return torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=self.config.bf16 and on_cuda)
 
     # ------------------------------------------------------------------ losses of a batch
     def autoencoder_losses(self, idx: np.ndarray) -> Dict[str, torch.Tensor]:
