@@ -66,9 +66,12 @@ def test_run_views(tiny_model_dir):
     assert colors.shape == (len(run.structure), 3) and colors.min() >= 0 and colors.max() <= 1
     other = run.retune(strength=3.0)
     fig = compare_figure({"a": run, "b": other})
-    assert [a.text for a in fig.layout.annotations] == ["a", "b"]
+    scenes = lambda f: [k for k in f.layout._props if k.startswith("scene")]  # noqa: E731
+    assert [a.text for a in fig.layout.scene.annotations] == ["a", "b"] and scenes(fig) == ["scene"]
     change = change_figure({"a": run, "b": other, "c": run})
-    assert [a.text for a in change.layout.annotations] == ["b vs a", "c vs a"]
+    assert [a.text for a in change.layout.scene.annotations] == ["b vs a", "c vs a"] and scenes(change) == ["scene"]
+    with pytest.raises(ValueError, match="at least two"):
+        change_figure({"a": run})
     assert np.allclose(change.data[1].intensity, 0)  # a run compared with itself changed nothing
     fig = gaussians_figure(run.gaussians, run, max_points=100)
     assert len(fig.data[0].x) == 100

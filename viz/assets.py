@@ -11,10 +11,9 @@ from typing import Dict, Optional
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from . import style
-from .voxels import exposed_faces, rgb_strings, voxel_mesh
+from .voxels import exposed_faces, rgb_strings, small_multiples, voxel_mesh
 
 
 def voxel_colors(gaussians, num_voxels: int) -> np.ndarray:
@@ -106,24 +105,17 @@ def mesh_figure(mesh, source=None, max_faces: int = 80000, camera: tuple = (45.0
     return fig
 
 
-def _scene_grid(labels, cols: int = 3):
-    cols = min(len(labels), cols)
-    rows = -(-len(labels) // cols)
-    fig = make_subplots(rows=rows, cols=cols, specs=style.subplot_specs(rows, cols), subplot_titles=list(labels),
-                        horizontal_spacing=0.01, vertical_spacing=0.06)
-    return fig, rows, cols
-
-
-def compare_figure(runs: Dict[str, object], title: str = "Assets side by side",
+def compare_figure(runs: Dict[str, object], title: str = "Assets side by side", cols: int = 3,
                    camera: tuple = (45.0, 25.0)) -> go.Figure:
-    """Several runs' asset colours on their structures, one scene each (e.g. ablations), 3 per row."""
-    fig, rows, cols = _scene_grid(runs)
-    for idx, (label, run) in enumerate(runs.items()):
-        mesh = voxel_mesh(exposed_faces(run.structure), colors=asset_colors(run), name=label)
-        fig.add_trace(mesh, row=idx // cols + 1, col=idx % cols + 1)
-    fig.update_scenes(**style.scene(*camera))
-    fig.update_layout(title=style.title(title, next(iter(runs.values()))), height=380 * rows + 80, width=1000,
-                      margin=dict(l=0, r=0, t=90, b=0), showlegend=False)
+    """Several runs' asset colours on their structures (e.g. ablations), ``cols`` tiles per row, all
+    in one 3D scene (:func:`viz.voxels.small_multiples`)."""
+    def tile(label, run):
+        return lambda place: voxel_mesh(exposed_faces(run.structure), colors=asset_colors(run), name=label,
+                                        placement=place)
+
+    fig, rows = small_multiples({label: tile(label, run) for label, run in runs.items()}, cols, camera)
+    fig.update_layout(title=style.title(title, next(iter(runs.values()))), height=300 * rows + 110, width=1000,
+                      margin=dict(l=0, r=0, t=90, b=0))
     return fig
 
 
@@ -135,20 +127,24 @@ def color_change(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     return np.linalg.norm(reference - other, axis=-1)
 
 
-def change_figure(runs: Dict[str, object], title: str = "Where each variant changed the asset",
+def change_figure(runs: Dict[str, object], title: str = "Where each variant changed the asset", cols: int = 3,
                   camera: tuple = (45.0, 25.0)) -> go.Figure:
-    """Per voxel, how far each run's asset colour moved from the first run's (same structure needed)."""
+    """Per voxel, how far each run's asset colour moved from the first run's (same structure needed),
+    one tile per other run, all in one 3D scene."""
+    if len(runs) < 2:
+        raise ValueError(f"change_figure compares runs with the first one: give at least two, got {len(runs)}")
     (ref_label, ref), *others = runs.items()
     base = asset_colors(ref)
     changes = {f"{label} vs {ref_label}": color_change(base, asset_colors(run)) for label, run in others}
     top = max(float(c.max()) for c in changes.values()) or 1.0
-    fig, rows, cols = _scene_grid(changes)
     surface = exposed_faces(ref.structure)
-    for idx, (label, change) in enumerate(changes.items()):
-        bar = dict(title="ΔRGB", len=0.5) if idx == 0 else None
-        fig.add_trace(voxel_mesh(surface, values=change, name=label, cmin=0, cmax=top, colorbar=bar, hover="ΔRGB"),
-                      row=idx // cols + 1, col=idx % cols + 1)
-    fig.update_scenes(**style.scene(*camera))
-    fig.update_layout(title=style.title(title, ref), height=380 * rows + 80, width=1000,
-                      margin=dict(l=0, r=0, t=90, b=0), showlegend=False)
+
+    def tile(n, label, change):
+        bar = dict(title="ΔRGB", len=0.5) if n == 0 else None
+        return lambda place: voxel_mesh(surface, values=change, name=label, cmin=0, cmax=top, colorbar=bar,
+                                        hover="ΔRGB", placement=place)
+
+    fig, rows = small_multiples({label: tile(n, label, c) for n, (label, c) in enumerate(changes.items())}, cols, camera)
+    fig.update_layout(title=style.title(title, ref), height=300 * rows + 110, width=1000,
+                      margin=dict(l=0, r=0, t=90, b=0))
     return fig

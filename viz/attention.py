@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import style
-from .voxels import VoxelSurface, exposed_faces, tile_placement, voxel_mesh
+from .voxels import VoxelSurface, exposed_faces, small_multiples, voxel_mesh
 
 CELL_RESOLUTION = 32
 VOXEL_RESOLUTION = 64
@@ -81,25 +81,19 @@ def head_grid(run, k: int, *, block: Optional[int] = None, step: Optional[int] =
     shown = values[heads]
     shown = minmax_rows(shown) if normalize == "head" else minmax_rows(shown.reshape(1, -1)).reshape(shown.shape)
     chosen = set(run.params.heads)
-    cols = max(1, min(cols, len(heads)))
-    rows = -(-len(heads) // cols)
     surface = cell_surface(run)
-    fig = go.Figure()
-    labels = []
-    for n, h in enumerate(heads):
+
+    def tile(n, h):
         bar = dict(title="score", len=0.5, thickness=14) if n == 0 else None
-        place = tile_placement(n, cols, camera)
-        fig.add_trace(voxel_mesh(surface, values=shown[n], resolution=CELL_RESOLUTION, name=f"head {h}", cmin=0, cmax=1,
-                                 colorbar=bar, hover="score", placement=place))
-        x, _, z = place(np.array([[0.0, 0.0, 0.0]]))[0]
-        labels.append(dict(x=float(x), y=0.0, z=float(z) + 0.62, showarrow=False,
-                           text=f"<b>head {h} ★</b>" if h in chosen else f"head {h}",
-                           font=dict(color=style.HIGHLIGHT if h in chosen else "#444", size=13)))
+        return lambda place: voxel_mesh(surface, values=shown[n], resolution=CELL_RESOLUTION, name=f"head {h}", cmin=0,
+                                        cmax=1, colorbar=bar, hover="score", placement=place)
+
+    fig, rows = small_multiples({f"head {h}": tile(n, h) for n, h in enumerate(heads)}, cols, camera,
+                                highlight=[f"head {h}" for h in chosen])
     name = run.local_conditions[k].name
     fig.update_layout(title=style.title(f"Attention of {name}'s selected tokens per head — {_drill_label(block, step)}"
                                         f" — ★ = chosen heads {sorted(chosen)} (0-based)"
                                         f"<br><sup>{style.defaults_label(run)}</sup>", run),
-                      scene=dict(style.tile_scene(rows, cols), annotations=labels),
                       height=min(230 * rows + 110, 1100), width=980, margin=dict(l=0, r=0, t=110, b=0))
     return fig
 

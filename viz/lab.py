@@ -170,7 +170,7 @@ _KERNEL_READY = """() => {
   return s !== null && s.getAttribute('data-status') === 'idle' && name !== null && !/No Kernel/.test(name.textContent);
 }"""
 # every code cell ran (a number in its prompt), or one failed and Run All stopped there; nothing queued
-_ALL_RAN = """() => {
+_ALL_RAN = r"""() => {
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent.trim());
   const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
   if (status === null || status.getAttribute('data-status') !== 'idle' || prompts.some(t => t.includes('*'))) return false;

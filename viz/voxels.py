@@ -181,6 +181,29 @@ def tile_placement(index: int, cols: int, camera: tuple = (45.0, 25.0), gap: flo
     return lambda pos: (pos @ turn + shift).astype(np.float32)
 
 
+def small_multiples(tiles: "dict[str, Callable[[Callable[[np.ndarray], np.ndarray]], go.Mesh3d]]", cols: int,
+                    camera: tuple = (45.0, 25.0), highlight: Sequence[str] = ()) -> "tuple[go.Figure, int]":
+    """Tiles in **one** 3D scene, whatever their number (a browser page keeps only about 16 WebGL
+    contexts; a scene per tile would use them up). ``tiles`` maps each tile's label to a function
+    that draws it at a given :func:`tile_placement`. Labels in ``highlight`` are drawn bold, starred
+    and red. Returns the figure (title and size left to the caller) and its number of rows."""
+    if not tiles:
+        raise ValueError("small_multiples needs at least one tile")
+    cols = max(1, min(int(cols), len(tiles)))
+    rows = -(-len(tiles) // cols)
+    fig, labels = go.Figure(), []
+    for n, (label, draw) in enumerate(tiles.items()):
+        place = tile_placement(n, cols, camera)
+        fig.add_trace(draw(place))
+        x, _, z = place(np.zeros((1, 3)))[0]
+        marked = label in highlight
+        labels.append(dict(x=float(x), y=0.0, z=float(z) + 0.62, showarrow=False,
+                           text=f"<b>{label} ★</b>" if marked else label,
+                           font=dict(color=style.HIGHLIGHT if marked else "#444", size=13)))
+    fig.update_layout(scene=dict(style.tile_scene(rows, cols), annotations=labels), showlegend=False)
+    return fig, rows
+
+
 def voxel_figure(coords: ArrayLike, *, values: Optional[ArrayLike] = None, colors: Optional[ArrayLike] = None,
                  resolution: int = 64, title: str = "voxels", source=None, colorbar_title: str = "value",
                  cmin: Optional[float] = None, cmax: Optional[float] = None, height: int = 520) -> go.Figure:
