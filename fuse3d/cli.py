@@ -79,6 +79,31 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    import json
+
+    from .pipeline import Fuse3D
+    from .sweep import executor_for, load_sweep_spec
+
+    sweep, model = load_sweep_spec(args.spec)
+    pipe = Fuse3D.from_pretrained(args.model or model, device=args.device, cache_dir=args.cache, progress=False)
+    desc = f" — {pipe.trellis.description}" if getattr(pipe.trellis, "description", "") else ""
+    print(f"model: {pipe.model_name} ({pipe.trellis.source}){desc}", flush=True)
+    print(f"{len(sweep.cases)} cases × {len(sweep.settings)} settings; grid fields that cost samplings per value: "
+          f"{sweep.expensive or 'none (every setting is a retune from the cache)'}", flush=True)
+    executor = executor_for(args.ray, args.workers, args.gpus_per_case)
+    result = sweep.run(pipe, executor=executor, device=args.device, progress=not args.quiet)
+    written = result.save(args.out)
+    print(f"{len(result.table)} rows in {result.seconds:.1f} s ({result.executor}); {len(result.failures)} failed case(s)")
+    for f in result.failures.itertuples():
+        print(f"  failed: {f.case}: {f.error}")
+    if result.ok["iou"].notna().any():
+        print("best mean IoU:", json.dumps(result.best()))
+    print("wrote " + ", ".join(str(w) for w in written))
+    print(f"model: {pipe.model_name}{desc}")
+    return 1 if len(result.failures) == len(sweep.cases) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fuse3d", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache", default=None, help="disk cache folder for stage results")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=_cmd_run if name == "run" else _cmd_demo)
+
+    p = sub.add_parser("sweep", help="cases × a grid of parameters (TOML spec) into a table (CSV, Parquet) and sweep.json")
+    p.add_argument("spec", help="sweep spec (.toml; see fuse3d.sweep.load_sweep_spec)")
+    p.add_argument("--out", default="out/sweep", help="output folder (default: out/sweep)")
+    p.add_argument("--model", default=None, help="model folder or Hugging Face repo id (default: the spec's, else the bundled model)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--cache", default=None, help="disk cache folder (needed with --ray: the workers share it)")
+    p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="one Ray task per case: a running cluster (auto, else a new local one), a new local cluster, "
+                        "or a cluster's address (pip install 'fuse3d[ray]')")
+    p.add_argument("--workers", type=int, default=None, help="CPUs of a new local Ray cluster (default: all)")
+    p.add_argument("--gpus-per-case", type=float, default=None,
+                   help="GPUs each Ray task takes (default: 1 with CUDA, else 0; 0.5 puts two on one GPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("info", help="list the networks of a TRELLIS-format model folder or repo")
     p.add_argument("model", help="model folder or Hugging Face repo id")

@@ -52,6 +52,33 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+class NetworkCounter:
+    """Counts forward calls of every network of a pipeline (flows, decoders, image encoder); use as a
+    context manager or call :meth:`remove`."""
+
+    def __init__(self, trellis):
+        self.calls = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in trellis.named_children()]
+
+    def _hook(self, name):
+        def hook(module, args, out):
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return hook
+
+    def total(self):
+        return sum(self.calls.values())
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
 def rgba(color, box, size=(160, 160)) -> Image.Image:
     """An RGBA test image: a coloured box on transparent black."""
     a = np.zeros((size[1], size[0], 4), np.uint8)

@@ -7,32 +7,10 @@ from fuse3d import Fuse3D
 from fuse3d.cache import Cache, CacheWarning
 from fuse3d.conditions import split_global
 
+from conftest import NetworkCounter
+
 
 FAST = dict(structure_steps=2, latent_steps=2)
-
-
-
-
-
-
-class NetworkCounter:
-    """Counts forward calls of every network of a pipeline."""
-
-    def __init__(self, trellis):
-        self.calls = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in trellis.named_children()]
-
-    def _hook(self, name):
-        def hook(module, args, out):
-            self.calls[name] = self.calls.get(name, 0) + 1
-        return hook
-
-    def total(self):
-        return sum(self.calls.values())
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,7 @@ from fuse3d import Fuse3D
 from viz import HeadTuner, load_example
 from viz.attention import CHANGES, mask_changes
 
-
-class NetworkCalls:
-    """Counts forward calls of every network of a pipeline (flows, decoders, image encoder)."""
-
-    def __init__(self, trellis):
-        self.count = 0
-        self.handles = [m.register_forward_hook(self._hook) for _, m in trellis.named_children()]
-
-    def _hook(self, *_):
-        self.count += 1
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
+from conftest import NetworkCounter
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +18,7 @@ def setup(tiny_model_dir):
 
 def test_tuner_redraws_without_running_a_network(setup):
     pipe, run, truth = setup
-    calls = NetworkCalls(pipe.trellis)
+    calls = NetworkCounter(pipe.trellis)
     try:
         tuner = HeadTuner(run, truth=truth)
         tuner.set(heads=[1, 2, 3], threshold=0.3)
@@ -41,7 +28,7 @@ def test_tuner_redraws_without_running_a_network(setup):
         tuner.local.value = 1
     finally:
         calls.remove()
-    assert calls.count == 0
+    assert calls.total() == 0, calls.calls
     assert tuner.tuned.params.heads == (1, 2, 3, 9)
     assert tuner.tuned.params.threshold == 0.7 and tuner.tuned.params.refine is False
     assert "IoU vs true part" in tuner.status.value and "local_1" in tuner.status.value

@@ -30,7 +30,8 @@ Tuning (:mod:`viz.widgets`, :mod:`viz.lambdas`, :mod:`viz.metrics`)
     ``HeadTuner(run)`` head checkboxes + threshold + refine over a ``FigureWidget``, no network;
     ``lambda_sweep(run, strengths)`` + ``lambda_sweep_figure(sweep)`` slider over cached results;
     ``lambda_curves(run, strengths)``; ``count_figure(runs_by_count(run))`` alignment and λ against
-    the number of local images (C.5); ``alignment_table`` / ``iou_figure`` IoU vs ground truth.
+    the number of local images (C.5); ``alignment_table`` / ``iou_figure`` IoU vs ground truth;
+    ``sweep_figure(result, "heads", "threshold")`` a :mod:`fuse3d.sweep` table as a heat map.
 Causal effects (:mod:`viz.causal`)
     ``intervention_figure(fuse3d.causal.head_effects(run, k))`` heads × blocks: how much ablating
     each changes local ``k``'s part.
@@ -52,7 +53,7 @@ from .causal import intervention_figure
 from .examples import Example, cache_dir, demo_structure, load_example
 from .explorer import Explorer, explore
 from .lambdas import Sweep, count_figure, lambda_curves, lambda_sweep, lambda_sweep_figure, runs_by_count
-from .metrics import alignment_table, iou, iou_figure
+from .metrics import alignment_table, iou, iou_figure, sweep_figure
 from .painter import RegionPainter, paint
 from .render import turntable
 from .style import model_label, save, write_html
@@ -68,6 +69,6 @@ __all__ = [
     "exposed_faces", "gaussians_figure", "head_grid", "intervention_figure", "iou", "iou_figure", "lambda_curves",
     "lambda_sweep",
     "lambda_sweep_figure", "load_example", "mesh_figure", "model_label", "refinement_figure", "reverse_figure",
-    "paint", "runs_by_count", "save", "score_figure", "summary", "turntable", "voxel_figure", "voxel_mesh", "voxel_scatter",
+    "paint", "runs_by_count", "save", "score_figure", "summary", "sweep_figure", "turntable", "voxel_figure", "voxel_mesh", "voxel_scatter",
     "write_html",
 ]
