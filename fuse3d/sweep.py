@@ -195,10 +195,17 @@ def _digest(arrays: Sequence[np.ndarray]) -> str:
 def _case_rows(case: Case, loaded: tuple, pipe, settings: List[dict], params: dict, final: bool,
                structure: str) -> List[dict]:
     """Rows of one loaded case (no failure handling, no cache of the rows: :func:`run_case` does both)."""
+    import warnings
+
+    from .conditions import UpscaleWarning
+
     g, locals_, seed, case_params, example = loaded
     true = example is not None and structure == "true"
-    run = pipe.run(g, locals_, seed=seed, structure=example.structure if true else None, lazy=True,
-                   **{**case_params, **params})
+    with warnings.catch_warnings():
+        if case.source == "seed":  # procedural renders are 256 px on purpose (as the evaluation's)
+            warnings.simplefilter("ignore", UpscaleWarning)
+        run = pipe.run(g, locals_, seed=seed, structure=example.structure if true else None, lazy=True,
+                       **{**case_params, **params})
     truth = example.truth(run) if example is not None else None
     centres = (run.structure[:, 1:].numpy() + 0.5) / 64 - 0.5
     rows = []

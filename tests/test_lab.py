@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from viz.lab import WEBGL_BUDGET, lab_browser, lab_server, open_notebook, run_cell, run_notebook
+from viz.lab import VIEWPORT, WEBGL_BUDGET, lab_browser, lab_server, open_notebook, run_cell, run_notebook
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def lab(tmp_path_factory):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_draws_in_jupyterlab(lab, path):
     url, browser = lab
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport=VIEWPORT)
     try:
         report = run_notebook(page, url, path.name, ARTEFACTS)
     finally:
@@ -91,7 +91,7 @@ def test_the_region_painter_paints_erases_and_boxes_patches(lab):
     import numpy as np
 
     url, browser = lab
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport=VIEWPORT)
     try:
         open_notebook(page, url, "painter.ipynb")
         run_cell(page, 0)

@@ -36,6 +36,8 @@ from .browser import find_chromium
 #: Chrome keeps about 16 live WebGL contexts per page and drops the oldest beyond that; fuse3d's
 #: notebooks stay well below.
 WEBGL_BUDGET = 12
+#: the browser page's size: tall enough that the explorer widget (about 1 000 px) is screenshot whole
+VIEWPORT = {"width": 1400, "height": 1400}
 CHROMIUM_ARGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 
 #: JupyterLab user settings for the test server: no news pop-up, no autosave (a run never writes the
@@ -290,7 +292,7 @@ def _run_all(paths: List[Path], root: Path, out: Optional[Path], timeout: float)
     ok = True
     with lab_server(root) as url, lab_browser(url) as browser:
         for path in paths:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport=VIEWPORT)
             report = run_notebook(page, url, path.name, out, timeout)
             page.close()
             print(report.summary(), flush=True)
