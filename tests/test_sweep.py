@@ -170,3 +170,21 @@ def test_spec_files_and_the_cli(tiny_model_dir, tmp_path, capsys):
         spec.write_text(text)
         with pytest.raises(SweepError, match=match):
             load_sweep_spec(spec)
+
+
+def test_final_sampling_scores_the_fused_colour_per_setting(tiny_model_dir, seed_case):
+    """``final=True``: each setting's final sampling runs and the fused part's colour error is the
+    evaluation's (the decoded Gaussians' voxel colours against the local image's restyled object)."""
+    pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+    sweep = Sweep([seed_case], {"strength": [0.5, 3.0]}, params=FAST, final=True)
+    assert sweep.expensive == ["strength"], "with the final sampling, every setting samples"
+    t = sweep.run(pipe, progress=False).table
+    ex = ExampleSet.from_seed(910000)
+    run = ex.run(pipe, lazy=True, strength=3.0, **FAST)
+    rgb = run.gaussians.voxel_colors(len(run.structure))
+    centres = (run.structure[:, 1:].numpy() + 0.5) / 64 - 0.5
+    for k, truth in enumerate(ex.truth(run)):
+        expected = np.abs(rgb[truth] - ex.local_target(k, centres)[truth]).mean()
+        assert t[(t["setting"] == 1) & (t["local"] == k)]["fused_color_error"].item() == pytest.approx(expected)
+    assert t["fused_color_error"].notna().all()
+    assert not np.allclose(t[t["setting"] == 0]["lambda"], t[t["setting"] == 1]["lambda"]), "λ follows the strength"
