@@ -31,6 +31,11 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _description(pipe) -> str:
+    """`` — what the model is``, when its folder says."""
+    return f" — {pipe.trellis.description}" if getattr(pipe.trellis, "description", "") else ""
+
+
 def _run_spec(spec_path, out, model=None, device=None, cache_dir=None, formats=("glb", "ply"), progress=True) -> dict:
     """Run a spec and write the assets, a summary and (when viz is installed) nothing else."""
     import json
@@ -45,7 +50,7 @@ def _run_spec(spec_path, out, model=None, device=None, cache_dir=None, formats=(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pipe = Fuse3D.from_pretrained(model or spec.model, device=device, cache_dir=cache_dir, progress=progress)
-    desc = f" — {pipe.trellis.description}" if getattr(pipe.trellis, "description", "") else ""
+    desc = _description(pipe)
     print(f"model: {pipe.model_name} ({pipe.trellis.source}){desc}", flush=True)
     print(f"alignment defaults: {pipe.defaults.describe()}", flush=True)
     run = pipe.run(spec.global_condition, spec.local_conditions, seed=spec.seed, **spec.params)
@@ -87,7 +92,7 @@ def _cmd_sweep(args) -> int:
 
     sweep, model = load_sweep_spec(args.spec)
     pipe = Fuse3D.from_pretrained(args.model or model, device=args.device, cache_dir=args.cache, progress=False)
-    desc = f" — {pipe.trellis.description}" if getattr(pipe.trellis, "description", "") else ""
+    desc = _description(pipe)
     print(f"model: {pipe.model_name} ({pipe.trellis.source}){desc}", flush=True)
     print(f"{len(sweep.cases)} cases × {len(sweep.settings)} settings; grid fields that cost samplings per value: "
           f"{sweep.expensive or 'none (every setting is a retune from the cache)'}", flush=True)

@@ -18,6 +18,13 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else int((pred & truth).sum()) / union
 
 
+def mask_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """IoU, precision and recall of a predicted bool mask against a true one."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    hit = int((pred & truth).sum())
+    return {"iou": iou(pred, truth), "precision": hit / max(int(pred.sum()), 1), "recall": hit / max(int(truth.sum()), 1)}
+
+
 def voxel_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """IoU of two voxel sets given as integer coordinates ``[N, 3]`` and ``[M, 3]``."""
     a = {tuple(v) for v in np.asarray(pred).tolist()}
@@ -52,10 +59,8 @@ def alignment_table(run, truth: Sequence[np.ndarray], head_sets: Iterable[Sequen
             tuned = run.retune(heads=list(heads), threshold=float(thr), refine=refine)
             for k, t in enumerate(truth):
                 pred = tuned.aligned_voxels(k, refined=True).numpy()
-                hit = int((pred & t).sum())
                 rows.append({"heads": tuple(int(h) for h in heads), "threshold": float(thr), "local": k,
-                             "iou": iou(pred, t), "precision": hit / max(int(pred.sum()), 1),
-                             "recall": hit / max(int(t.sum()), 1)})
+                             **mask_scores(pred, t)})
     return rows
 
 

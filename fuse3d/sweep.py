@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Opti
 import numpy as np
 
 from .cache import Entry, stage_key
+from .metrics import mask_scores
 from .params import Fuse3DParams
 
 if TYPE_CHECKING:
@@ -225,10 +226,7 @@ def _case_rows(case: Case, loaded: tuple, pipe, settings: List[dict], params: di
                    "global_lambda": float(global_lambda), "fused_color_error": math.nan}
             if truth is not None:
                 t = truth[k]
-                hit = int((aligned & t).sum())
-                union = int((aligned | t).sum())
-                row.update(iou=hit / union if union else 1.0, precision=hit / max(int(aligned.sum()), 1),
-                           recall=hit / max(int(t.sum()), 1), select_all_iou=float(t.mean()))
+                row.update(**mask_scores(aligned, t), select_all_iou=float(t.mean()))
                 if final and example.variants[k] is not None:
                     row["fused_color_error"] = float(np.abs(rgb[t] - example.local_target(k, centres)[t]).mean())
             rows.append(row)
