@@ -35,6 +35,8 @@ Number = Union[int, float]
 
 #: Largest gathered neighbourhood block a sparse convolution materialises at once (bytes).
 GATHER_BYTES = 512 << 20
+#: The same on the CPU, where a block that stays in cache is about 2× faster (batch-3 captures).
+CPU_GATHER_BYTES = 4 << 20
 
 
 class SparseTensor:
@@ -365,18 +367,31 @@ class dense_convolutions:
 def _gather_matmul(feats: torch.Tensor, gather: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     """``out[p] = bias + weight · concat_k feats[gather[p, k]]`` (row ``N`` of ``gather`` = a zero row).
 
-    Rows are processed in chunks so the gathered ``[rows, k·C]`` block stays under ``GATHER_BYTES``.
+    Rows are processed in chunks so the gathered ``[rows, k·C]`` block stays under ``GATHER_BYTES``
+    (``CPU_GATHER_BYTES`` on the CPU).
     """
     n, c = feats.shape
     padded = torch.cat([feats, feats.new_zeros(1, c)], dim=0)
-    rows = max(1, GATHER_BYTES // (gather.shape[1] * c * feats.element_size()))
+    rows = _chunk_rows(feats, gather.shape[1])
     if n <= rows:
-        return F.linear(padded[gather].reshape(n, -1), weight, bias)
+        return F.linear(_gather_rows(padded, gather), weight, bias)
     out = feats.new_empty(n, weight.shape[0])
     for start in range(0, n, rows):
         sl = slice(start, start + rows)
-        out[sl] = F.linear(padded[gather[sl]].reshape(-1, gather.shape[1] * c), weight, bias)
+        out[sl] = F.linear(_gather_rows(padded, gather[sl]), weight, bias)
     return out
+
+
+def _chunk_rows(feats: torch.Tensor, k: int) -> int:
+    """Rows per chunk of a gathered ``[rows, k·C]`` block within the device's byte budget."""
+    budget = GATHER_BYTES if feats.device.type != "cpu" else min(GATHER_BYTES, CPU_GATHER_BYTES)
+    return max(1, budget // (k * feats.shape[1] * feats.element_size()))
+
+
+def _gather_rows(rows: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
+    """``concat_k rows[gather[p, k]]`` as ``[P, k·C]``: one ``index_select`` of whole rows (on the CPU
+    about 4× faster than the advanced index ``rows[gather]``, with the same values)."""
+    return rows.index_select(0, gather.reshape(-1)).view(gather.shape[0], -1)
 
 
 class _SubmanifoldConv(torch.autograd.Function):
@@ -404,11 +419,11 @@ class _SubmanifoldConv(torch.autograd.Function):
             grad_feats = _gather_matmul(grad_out, gather, flipped)
         if ctx.needs_input_grad[1]:
             padded = torch.cat([feats, feats.new_zeros(1, c_in)], dim=0)
-            rows = max(1, GATHER_BYTES // (k3 * c_in * feats.element_size()))
+            rows = _chunk_rows(feats, k3)
             grad_weight = torch.zeros_like(weight)
             for start in range(0, feats.shape[0], rows):
                 sl = slice(start, start + rows)
-                grad_weight += grad_out[sl].t() @ padded[gather[sl]].reshape(-1, k3 * c_in)
+                grad_weight += grad_out[sl].t() @ _gather_rows(padded, gather[sl])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
         return grad_feats, grad_weight, grad_bias, None
