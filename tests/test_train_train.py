@@ -317,12 +317,13 @@ def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     shutil.copytree(kept / "latest", work / "ckpt")
     trainer = T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder"), objects=2400), device="cpu")
     trainer.load()
-    assert trainer.state.steps == {"vae": 1292, "decoders": 1899, "flow": 8106} and trainer.state.objects == 13499
+    assert trainer.state.steps == {"vae": 1292, "decoders": 1899, "flow": 11938} and trainer.state.objects == 18299
     assert trainer.state.seeds[0][0] == 100000 and trainer.state.seeds[-1][1] <= 900000  # never a test seed
     assert trainer.state.encoder == T.weights_digest(trainer.encoder)
     assert trainer.encoder.width == SMALL.width and len(trainer.encoder.vit.blocks) == 6
     bundled = load_pipeline(BUNDLED / SMALL_MODEL_NAME, progress=False)
     assert f"{trainer.state.objects} objects" in bundled.description
+    assert f"{trainer.state.steps['flow']} flow steps" in bundled.description
     for name in (*T.FLOW_NETS, "slat_decoder_gs"):
         ours, theirs = trainer.nets[name].state_dict(), getattr(bundled, name).state_dict()
         assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-3) for k in theirs), name
