@@ -1,16 +1,20 @@
-"""Fuse3D against one TRELLIS generation, full size, on one GPU (issue 5).
+"""Fuse3D against one TRELLIS generation, full size, on one GPU.
 
-    python bench/bench_fuse3d.py                 # TRELLIS-image-large architecture, random weights, fp16 blocks
-    python bench/bench_fuse3d.py --model DIR     # any TRELLIS-format folder (e.g. the tiny model, for a CPU smoke run)
+    python bench/bench_fuse3d.py [--repeats 3] [--json out.json]   # TRELLIS-image-large architecture, random weights
+    python bench/bench_fuse3d.py --model DIR --device cpu           # any TRELLIS-format folder (a CPU smoke run)
 
-Measured in one run, each with its wall time and peak GPU memory:
+Every scenario is the median of ``--repeats`` runs, printed with its min–max, the GPU's busy time (its
+kernels' summed durations, one more run under the profiler) and the peak GPU memory:
   (a) one plain single-image TRELLIS generation: structure sampling + latent sampling + mesh decoder network;
-  (b) Fuse3D with 1, 2, 3 local images, capture strategies ``separate`` and ``shared``: capture, alignment,
-      reverse alignment, final sampling, mesh decoder network (+ the same structure sampling as (a));
-  (c) a retune after a λ change with a warm cache (final sampling + mesh decoder network);
+  (b) Fuse3D with 1, 2, 3 local images, capture strategies ``separate`` and ``shared``, each with a fresh
+      cache: capture, alignment, reverse alignment, final sampling, mesh decoder network (+ the same
+      structure sampling as (a));
+  (c) a retune after a λ change with a warm cache (final sampling + mesh decoder network), a new λ each time;
   (d) the published-style strategy: K+2 sequential samplings with explicit attention in every block,
       full softmax maps (over tokens and over cells) accumulated in every block as the published code
       does, and a dense enhancement matrix in the final run.
+First, one forward of each flow against its floor: FLOPs from torch's counter ÷ the measured rate of an
+8192² fp16 matmul, and the MFU (floor ÷ wall time). Last, the targets, each judged on this run.
 The latent stages run on a fixed spherical shell of ~20k voxels at 64³ so that every scenario has the
 same structure (random weights would otherwise decide it); sampler settings are TRELLIS-image-large's
 defaults (structure: 25 steps, CFG 7.5; latent: 25 steps, CFG 3.0; interval [0.5, 1]; rescale_t 3).
@@ -18,6 +22,7 @@ Marching cubes (CPU) is excluded from every scenario and reported once.
 """
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -37,6 +42,7 @@ from fuse3d.tiny_model import shell_structure  # noqa: E402
 from fuse3d.trellis.attention import use_attn_processors  # noqa: E402
 from fuse3d.trellis.dinov2 import DinoV2Encoder  # noqa: E402
 from fuse3d.trellis.pipeline import TrellisPipeline, load_pipeline  # noqa: E402
+from timing import floor_row, matmul_rate, measure  # noqa: E402
 
 SAMPLERS = {
     "sparse_structure_sampler": {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
@@ -57,24 +63,6 @@ def full_size_pipeline(dev: str) -> TrellisPipeline:
     pipe = TrellisPipeline(nets, enc, config, "TRELLIS-image-large architecture, random weights", "bench")
     pipe.description, pipe.fingerprint = "random weights", "bench-full-size"
     return pipe.to(dev)
-
-
-class Timer:
-    def __init__(self, dev):
-        self.dev = dev
-
-    def __enter__(self):
-        if self.dev == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        self.t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.dev == "cuda":
-            torch.cuda.synchronize()
-        self.seconds = time.perf_counter() - self.t
-        self.peak_gib = torch.cuda.max_memory_allocated() / 2**30 if self.dev == "cuda" else float("nan")
 
 
 # ----------------------------------------------------------------------------- (d) published-style
@@ -116,29 +104,68 @@ def published_style(trellis, tokens, coords, dev):
     return slat
 
 
+TARGETS = (  # (name, value key, comparison, bound): issue 14's targets, judged on this run
+    ("(a) TRELLIS generation", "a_s", "<=", 1.2),
+    ("(a) spread of its repeats", "a_spread", "<=", 0.10),
+    ("(b) 3 locals, shared / (a)", "b_shared_3_over_a", "<=", 1.5),
+    ("(b) 3 locals, separate / (a)", "b_separate_3_over_a", "<=", 2.2),
+    ("(c) retune after a λ change / (a)", "c_over_a", "<=", 0.7),
+    ("(d) / (b, 3 locals, separate)", "d_over_b_separate_3", ">=", 5.0),
+    ("latent-flow forward MFU", "latent_flow_mfu", ">=", 0.40),
+    ("peak GPU memory (GiB)", "peak_gib", "<=", 16.0),
+)
+
+
+def flow_floors(trellis, g_tokens, coords, dev, rate, repeats):
+    """One forward of each flow (conditional batch 1) against its FLOP floor."""
+    from fuse3d.trellis import SparseTensor
+
+    t = torch.full((1,), 500.0, device=dev)
+    cond = g_tokens[:1].to(dev)
+    res = trellis.ss_flow.resolution
+    x = torch.randn(1, trellis.ss_flow.in_channels, res, res, res, device=dev)
+    xs = SparseTensor(torch.randn(len(coords), trellis.slat_flow.in_channels, device=dev), coords)
+    with torch.no_grad():
+        return [floor_row("structure flow forward", lambda: trellis.ss_flow(x, t, cond), dev, rate, repeats),
+                floor_row(f"latent flow forward, {len(coords)} voxels", lambda: trellis.slat_flow(xs, t, cond),
+                          dev, rate, repeats)]
+
+
+def judge(values: dict) -> list:
+    rows = []
+    for name, key, op, bound in TARGETS:
+        v = values.get(key)
+        v = None if v is None or math.isnan(v) else v
+        met = None if v is None else (v <= bound if op == "<=" else v >= bound)
+        rows.append({"target": f"{name} {op} {bound}", "measured": None if v is None else round(v, 3), "met": met})
+    return rows
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="TRELLIS-format folder (default: full-size random weights)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--voxels", type=int, default=20000)
     ap.add_argument("--locals", default="1,2,3")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of every scenario (median, min–max)")
     ap.add_argument("--skip-published", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    dev = args.device
+    dev, n = args.device, args.repeats
     torch.backends.cuda.matmul.allow_tf32 = True
     trellis = load_pipeline(args.model, device=dev, progress=False) if args.model else full_size_pipeline(dev)
     spec = load_spec(example_spec("car"))
     coords = shell_structure(args.voxels).to(dev)
     results = {"device": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",
                "torch": torch.__version__, "model": trellis.model_name, "voxels": len(coords),
-               "cells": int(len(torch.unique(coords[:, 1:] // 2, dim=0))),
+               "cells": int(len(torch.unique(coords[:, 1:] // 2, dim=0))), "repeats": n,
                "samplers": {"structure": trellis.ss_sampler_params, "latent": trellis.slat_sampler_params}}
-    rows = []
+    rows, values = [], {}
 
-    def record(name, timer, **extra):
-        rows.append({"scenario": name, "seconds": round(timer.seconds, 3), "peak_gib": round(timer.peak_gib, 2), **extra})
-        print(f"{name:34s} {timer.seconds:8.2f} s   peak {timer.peak_gib:6.2f} GiB", flush=True)
+    def record(name, stats, **extra):
+        rows.append(stats.row(name, **extra))
+        print(stats.line(name), flush=True)
+        return stats
 
     # warm-up (kernels, allocator, compile caches)
     fuse = Fuse3D(trellis, Cache(), progress=False)
@@ -147,66 +174,94 @@ def main():
     trellis.decode(warm.final.to(dev), ["mesh"])
     g_tokens = trellis.encode_images([spec.global_condition.prepare().image])
 
-    with Timer(dev) as t_struct:
+    rate = matmul_rate(dev, torch.float16 if dev == "cuda" else torch.float32)
+    results["matmul_tflops"] = round(rate / 1e12, 1)
+    print(f"matmul rate: {rate / 1e12:.1f} TFLOP/s", flush=True)
+    results["floors"] = flow_floors(trellis, g_tokens, coords, dev, rate, repeats=max(10, n))
+    for f in results["floors"]:
+        gpu = "" if f["gpu_s"] is None else f", GPU {1e3 * f['gpu_s']:.2f} ms"
+        print(f"{f['scenario']:44s} {f['tflop']:.3f} TFLOP, floor {f['floor_ms']:.2f} ms, "
+              f"wall {1e3 * f['median_s']:.2f} ms ({1e3 * f['min_s']:.2f}–{1e3 * f['max_s']:.2f}){gpu}, "
+              f"MFU {f['mfu']:.1%}", flush=True)
+    values["latent_flow_mfu"] = results["floors"][1]["mfu"]
+
+    record("structure sampling (part of a, b)",
+           measure(lambda: trellis.sample_structure(g_tokens, seed=0, progress=False), dev, n))
+    out = {}
+
+    def generation():
         trellis.sample_structure(g_tokens, seed=0, progress=False)
-    record("structure sampling (part of a, b)", t_struct)
-    repeats = []
-    for _ in range(3):  # the baseline is short: take the median of three
-        with Timer(dev) as t:
-            trellis.sample_structure(g_tokens, seed=0, progress=False)
-            slat = trellis.sample_latent(g_tokens, coords, seed=0, progress=False)
-            mesh_feats = trellis.decode(slat, ["mesh"])["mesh"]
-        repeats.append(t)
-    t = sorted(repeats, key=lambda r: r.seconds)[1]
-    record("(a) TRELLIS generation (median of 3)", t, all_seconds=[round(r.seconds, 3) for r in repeats])
-    base = t.seconds
+        slat = trellis.sample_latent(g_tokens, coords, seed=0, progress=False)
+        out["mesh"] = trellis.decode(slat, ["mesh"])["mesh"]
+
+    a = record("(a) TRELLIS generation", measure(generation, dev, n))
+    base = values["a_s"] = a.median
+    values["a_spread"] = a.spread
     t0 = time.perf_counter()
     from fuse3d.assets import Mesh
 
-    Mesh.from_decoder_output(trellis.slat_decoder_mesh, mesh_feats.to("cpu"), fill_interior=True)
+    Mesh.from_decoder_output(trellis.slat_decoder_mesh, out["mesh"].to("cpu"), fill_interior=True)
     results["marching_cubes_cpu_s"] = round(time.perf_counter() - t0, 2)
 
+    runs = {}
     for strategy in ("separate", "shared"):
         for k in [int(x) for x in args.locals.split(",")]:
-            fuse = Fuse3D(trellis, Cache(), progress=False)
-            with Timer(dev) as t:
+            def fuse3d_run():
                 trellis.sample_structure(g_tokens, seed=0, progress=False)
-                run = fuse.run(spec.global_condition, spec.local_conditions[:k], structure=coords.cpu(), capture_strategy=strategy)
+                run = Fuse3D(trellis, Cache(), progress=False).run(  # a fresh cache: nothing reused
+                    spec.global_condition, spec.local_conditions[:k], structure=coords.cpu(), capture_strategy=strategy)
                 trellis.decode(run.final.to(dev), ["mesh"])
-            stages = {name: round(v, 2) for name, v in run.timings().items() if v >= 0.01}
-            record(f"(b) Fuse3D {k} local(s), {strategy}", t, ratio_to_a=round(t.seconds / base, 2), stages=stages)
-            print("      stages:", stages, flush=True)
-            if k == 3:
-                for backend in ("flex", "regions"):
-                    with Timer(dev) as tc:
-                        retuned = run.retune(strength=2.5, enhancement_backend=backend)
-                        trellis.decode(retuned.final.to(dev), ["mesh"])
-                    record(f"(c) retune λ, warm cache, {strategy}, {backend}", tc, ratio_to_a=round(tc.seconds / base, 2))
-                if strategy == "separate":
-                    sep3 = t.seconds
-                    sep_run = run
-                else:
-                    ious = []
-                    for j in range(k):
-                        a, b = sep_run.aligned_voxels(j), run.aligned_voxels(j)
-                        union = int((a | b).sum())
-                        ious.append(round(int((a & b).sum()) / union, 3) if union else 1.0)
-                    results["shared_vs_separate_iou"] = ious
+                runs[strategy, k] = run
 
-    if not args.skip_published:
-        k = 3
-        tokens = [fuse.run(spec.global_condition, spec.local_conditions[:k], structure=coords.cpu(), lazy=True).tokens(i)
-                  for i in range(k + 1)]
-        with Timer(dev) as t:
+            b = record(f"(b) Fuse3D {k} local(s), {strategy}", measure(fuse3d_run, dev, n))
+            run = runs[strategy, k]
+            stages = {name: round(v, 2) for name, v in run.timings().items() if v >= 0.01}
+            rows[-1].update(ratio_to_a=round(b.median / base, 2), stages=stages)
+            print("      stages (last repeat):", stages, flush=True)
+            if k == 3:
+                values[f"b_{strategy}_3_over_a"] = b.median / base
+                for backend in ("flex", "regions"):
+                    strengths = iter([2.5 + 0.1 * i for i in range(n + 1)])  # a new λ each call: never cached
+
+                    def retune():
+                        retuned = run.retune(strength=next(strengths), enhancement_backend=backend)
+                        trellis.decode(retuned.final.to(dev), ["mesh"])
+
+                    c = record(f"(c) retune λ, warm cache, {strategy}, {backend}", measure(retune, dev, n, gpu_time=False))
+                    rows[-1]["ratio_to_a"] = round(c.median / base, 2)
+                    if backend == "regions" and strategy == "separate":
+                        values["c_over_a"] = c.median / base
+    if ("separate", 3) in runs and ("shared", 3) in runs:
+        ious = []
+        for j in range(3):
+            x, y = runs["separate", 3].aligned_voxels(j), runs["shared", 3].aligned_voxels(j)
+            union = int((x | y).sum())
+            ious.append(round(int((x & y).sum()) / union, 3) if union else 1.0)
+        results["shared_vs_separate_iou"] = ious
+
+    if not args.skip_published and ("separate", 3) in runs:
+        tokens = [runs["separate", 3].tokens(i) for i in range(4)]
+
+        def published():
             trellis.sample_structure(g_tokens, seed=0, progress=False)
-            slat = published_style(trellis, tokens, coords, dev)
-            trellis.decode(slat, ["mesh"])
-        record("(d) published-style, 3 locals", t, ratio_to_a=round(t.seconds / base, 2),
-               ratio_to_b_separate=round(t.seconds / sep3, 2))
+            trellis.decode(published_style(trellis, tokens, coords, dev), ["mesh"])
+
+        d = record("(d) published-style, 3 locals", measure(published, dev, n, gpu_time=False))
+        sep3 = next(r["median_s"] for r in rows if r["scenario"] == "(b) Fuse3D 3 local(s), separate")
+        rows[-1].update(ratio_to_a=round(d.median / base, 2), ratio_to_b_separate=round(d.median / sep3, 2))
+        values["d_over_b_separate_3"] = d.median / sep3
+    peaks = [r["peak_gib"] for r in rows if r["peak_gib"] is not None]
+    values["peak_gib"] = max(peaks) if peaks else None
     results["rows"] = rows
-    print(json.dumps(results, indent=1))
+    results["targets"] = judge(values)
+    print(f"\ntargets (issue 14's, set for the full-size model on an H200; this run: {results['model']} "
+          f"on {results['device']}):")
+    for t in results["targets"]:
+        mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        print(f"  {t['target']:48s} {t['measured']!s:>8s}  {mark}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+        print("wrote", args.json)
 
 
 if __name__ == "__main__":

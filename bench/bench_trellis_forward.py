@@ -9,9 +9,7 @@ timed forwards after warm-up, with CUDA events, and the peak GPU memory of each.
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuse3d.tiny_model import randomize_, shell_structure  # noqa: E402
 from fuse3d.trellis import SparseTensor, build  # noqa: E402
+from timing import measure  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference" / "trellis_image_large_manifest.json"
 
@@ -34,26 +33,9 @@ def full_size(name: str, device: str, dtype: torch.dtype):
 
 
 def timeit(fn, device: str, repeats: int, warmup: int = 3):
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return statistics.median(times), min(times), peak
+    """(median ms, min ms, peak GiB) of ``repeats`` calls after ``warmup``."""
+    stats = measure(fn, device, repeats=repeats, warmup=warmup, gpu_time=False)
+    return 1e3 * stats.median, 1e3 * min(stats.seconds), stats.peak_gib
 
 
 def main():

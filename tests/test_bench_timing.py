@@ -1,0 +1,35 @@
+"""bench/timing.py: the benchmarks' medians, FLOP counts and floors (on the CPU)."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import timing  # noqa: E402
+
+
+def test_measure_reports_every_repeat_with_median_and_spread():
+    calls = []
+    stats = timing.measure(lambda: calls.append(1), "cpu", repeats=5, warmup=2, setup=lambda: calls.append(0))
+    assert calls.count(1) == 7 and calls.count(0) == 7  # setup before every call, warm-ups included
+    assert len(stats.seconds) == 5 and min(stats.seconds) <= stats.median <= max(stats.seconds)
+    assert math.isnan(stats.gpu_seconds) and math.isnan(stats.peak_gib)  # no GPU figures on the CPU
+    row = stats.row("x", extra=1)
+    assert row["median_s"] == round(stats.median, 6) and row["gpu_s"] is None and row["extra"] == 1
+    assert math.isnan(timing.measure(lambda: None, "cpu", repeats=1).spread)  # one repeat has no spread
+    with pytest.raises(ValueError, match="at least 1"):
+        timing.measure(lambda: None, "cpu", repeats=0)
+
+
+def test_flops_and_floor_of_a_linear_layer():
+    layer = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(128, 64)
+    assert timing.count_flops(lambda: layer(x)) == 2 * 128 * 64 * 32
+    rate = 1e9  # FLOP/s
+    row = timing.floor_row("linear", lambda: layer(x), "cpu", rate, repeats=3)
+    assert row["floor_ms"] == pytest.approx(1e3 * 2 * 128 * 64 * 32 / rate, rel=1e-3)
+    assert row["mfu"] == pytest.approx(row["floor_ms"] / 1e3 / row["median_s"], rel=0.01)
+    assert row["mfu_gpu_time"] is None
+    assert timing.matmul_rate("cpu", torch.float32, n=128, repeats=3) > 0
