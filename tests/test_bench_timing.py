@@ -1,6 +1,7 @@
 """bench/timing.py: the benchmarks' medians, FLOP counts and floors (on the CPU)."""
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,16 @@ def test_measure_reports_every_repeat_with_median_and_spread():
 def test_flops_and_floor_of_a_linear_layer():
     layer = torch.nn.Linear(64, 32, bias=False)
     x = torch.randn(128, 64)
-    assert timing.count_flops(lambda: layer(x)) == 2 * 128 * 64 * 32
-    rate = 1e9  # FLOP/s
-    row = timing.floor_row("linear", lambda: layer(x), "cpu", rate, repeats=3)
-    assert row["floor_ms"] == pytest.approx(1e3 * 2 * 128 * 64 * 32 / rate, rel=1e-3)
-    assert row["mfu"] == pytest.approx(row["floor_ms"] / 1e3 / row["median_s"], abs=1e-3)  # mfu: 3 decimals
-    assert row["mfu_gpu_time"] is None
+    flops = 2 * 128 * 64 * 32
+    assert timing.count_flops(lambda: layer(x)) == flops
+
+    def forward():  # about 10 ms, so that the rounded figures stay close to the exact ones
+        time.sleep(0.01)
+        return layer(x)
+
+    rate = flops / 0.005  # FLOP/s: a floor of 5 ms
+    row = timing.floor_row("linear", forward, "cpu", rate, repeats=3)
+    assert row["tflop"] == round(flops / 1e12, 4) and row["floor_ms"] == pytest.approx(5.0)
+    assert row["mfu"] == pytest.approx(0.005 / row["median_s"], abs=2e-3)  # printed to 3 decimals
+    assert 0 < row["mfu"] < 0.5 and row["mfu_gpu_time"] is None
     assert timing.matmul_rate("cpu", torch.float32, n=128, repeats=3) > 0
