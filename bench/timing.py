@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 import torch
@@ -29,7 +29,6 @@ class Stats:
     seconds: List[float]
     gpu_seconds: float = math.nan
     peak_gib: float = math.nan
-    extra: dict = field(default_factory=dict)
 
     @property
     def median(self) -> float:
@@ -47,9 +46,7 @@ class Stats:
                "max_s": round(max(self.seconds), 6), "spread": _round(self.spread, 3),
                "all_s": [round(s, 6) for s in self.seconds], "gpu_s": _round(self.gpu_seconds, 6),
                "peak_gib": _round(self.peak_gib, 2)}
-        out.update(self.extra)
-        out.update(extra)
-        return out
+        return {**out, **extra}
 
     def line(self, name: str) -> str:
         gpu = "" if math.isnan(self.gpu_seconds) else f"  GPU {self.gpu_seconds:7.3f} s"
