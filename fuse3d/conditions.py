@@ -437,6 +437,19 @@ def split_global(conditions: Sequence[Condition]) -> Tuple[Condition, list]:
     return conditions[g], [c for i, c in enumerate(conditions) if i != g]
 
 
+def png_data_uri(image: Union[Image.Image, np.ndarray], size: Optional[int] = None) -> str:
+    """``image`` (PIL or ``uint8`` array; RGB, RGBA or L) as a ``data:image/png;base64,…`` URI, resized
+    to ``size``² first if given: how notebooks, widgets and plotly's ``go.Image(source=…)`` embed
+    pictures without sending every pixel as a number."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if size is not None:
+        image = image.resize((size, size), Image.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def condition_html(condition, size: int = 259) -> str:
     """A condition as a notebook shows it: the preprocessed crop the encoder sees, the patches outside
     the selection dimmed and the user's mask tinted, with the selected-patch count."""
@@ -447,9 +460,7 @@ def condition_html(condition, size: int = 259) -> str:
     if pr.pixel_mask is not None:
         tint = np.array([255.0, 140.0, 0.0])
         shown = np.where(pr.pixel_mask[..., None], 0.65 * shown + 0.35 * tint, shown)
-    buf = io.BytesIO()
-    Image.fromarray(shown.round().astype(np.uint8)).resize((size, size), Image.LANCZOS).save(buf, format="PNG")
-    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    uri = png_data_uri(shown.round().astype(np.uint8), size)
     n, fg = int(pr.selected.sum()), int(pr.foreground.sum())
     return (f'<figure style="display:inline-block;margin:4px;text-align:center">'
             f'<img src="{uri}" width="{size}" alt="{html.escape(condition.name)}">'

@@ -5,7 +5,7 @@ import pytest
 from fuse3d import Fuse3D
 from viz import load_example
 from viz.tokens import (GRID, PATCH, condition_figure, condition_layers, conditions_figure, enhancement_figure,
-                        enhancement_matrix, grid_lines, layer_trace, mask_grid, patch_grid, region_rows)
+                        enhancement_matrix, grid_lines, image_trace, layer_trace, mask_grid, patch_grid, region_rows)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,22 @@ def test_condition_figure_buttons_toggle_one_layer(run):
     assert shown.data[1].visible is True and shown.data[2].visible is False
     with pytest.raises(ValueError, match="no layer"):
         condition_figure(run, 0, show="nothing")
+
+
+def test_image_traces_carry_the_exact_pixels_as_one_png(run):
+    import base64
+    import io
+
+    from PIL import Image
+
+    for fig in (condition_figure(run, 0), conditions_figure(run)):
+        image = fig.data[0]
+        assert image.type == "image" and image.z is None and image.source.startswith("data:image/png;base64,")
+        png = Image.open(io.BytesIO(base64.b64decode(image.source.split(",", 1)[1])))
+        assert np.array_equal(np.asarray(png), np.asarray(run.prepared(0).image.convert("RGB")))
+    grey = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    decoded = Image.open(io.BytesIO(base64.b64decode(image_trace(grey).source.split(",", 1)[1])))
+    assert np.array_equal(np.asarray(decoded), grey)
 
 
 def test_conditions_figure_dims_unselected_patches(run):

@@ -23,7 +23,7 @@ from fuse3d.explore import GRID, cell_attention, patch_attention
 
 from . import style
 from .attention import CELL_RESOLUTION, cell_surface, minmax_rows
-from .tokens import PATCH
+from .tokens import PATCH, image_trace
 from .voxels import voxel_mesh
 
 
@@ -69,11 +69,10 @@ class Explorer:
         return f"global: {self.run.global_condition.name}" if i == self.run.K else f"local {i}: {self.run.local_conditions[i].name}"
 
     def _image_figure(self, i: int, size: int) -> go.FigureWidget:
-        image = np.asarray(self.run.prepared(i).image.convert("RGB"))
         centres = (np.arange(GRID) + 0.5) * PATCH
         xs, ys = np.meshgrid(centres, centres)
         fig = go.FigureWidget([
-            go.Image(z=image, hoverinfo="skip"),
+            image_trace(self.run.prepared(i).image),
             go.Heatmap(z=np.zeros((GRID, GRID)), x=centres, y=centres, zmin=0, zmax=1, opacity=0.6,
                        colorscale=style.SCORE_SCALE, showscale=False, hovertemplate="patch attention %{z:.3f}<extra></extra>"),
             go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", marker=dict(size=4, opacity=0.0),

@@ -21,6 +21,7 @@ import traitlets
 from PIL import Image
 
 from fuse3d import Condition
+from fuse3d.conditions import png_data_uri
 
 SIZE = 518
 _STYLE = """
@@ -32,12 +33,6 @@ _STYLE = """
 .fuse3d-painter-paint { opacity: 0.55; }
 .fuse3d-painter-cursor { cursor: crosshair; touch-action: none; }
 """
-
-
-def _data_uri(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 class RegionPainter(anywidget.AnyWidget):
@@ -59,7 +54,7 @@ class RegionPainter(anywidget.AnyWidget):
 
     def __init__(self, source: Condition, **kwargs):
         self.source = source
-        super().__init__(image=_data_uri(source.prepare().image.convert("RGB")), **kwargs)
+        super().__init__(image=png_data_uri(source.prepare().image.convert("RGB")), **kwargs)
 
     @traitlets.validate("tool")
     def _check_tool(self, proposal):
@@ -84,7 +79,7 @@ class RegionPainter(anywidget.AnyWidget):
             raise ValueError(f"the mask must be [{SIZE}, {SIZE}] (the crop), got {list(mask.shape)}")
         rgba = np.zeros((SIZE, SIZE, 4), np.uint8)
         rgba[mask] = (255, 140, 0, 255)
-        self.mask = _data_uri(Image.fromarray(rgba, "RGBA"))
+        self.mask = png_data_uri(Image.fromarray(rgba, "RGBA"))
 
     def condition(self, name: Optional[str] = None) -> Condition:
         """The painted region as a :class:`fuse3d.Condition` (mask in the preprocessed frame)."""

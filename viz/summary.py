@@ -2,14 +2,12 @@
 their selected patches tinted, the parameters that differ from the defaults, and the stage table."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import numpy as np
-from PIL import Image
 
 from fuse3d import Fuse3DParams
+from fuse3d.conditions import png_data_uri
 
 from . import style
 from .tokens import PATCH
@@ -19,12 +17,6 @@ def dimmed(image: np.ndarray, selected: np.ndarray, keep: float = 0.35) -> np.nd
     """``[S, S, 3]`` image with the patches outside the ``[g, g]`` selection darkened to ``keep``."""
     mask = np.kron(np.asarray(selected, bool), np.ones((PATCH, PATCH), bool))[..., None]
     return np.where(mask, image, keep * np.asarray(image, np.float32)).round().astype(np.uint8)
-
-
-def _png_data_uri(image: np.ndarray, size: int) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(image).resize((size, size), Image.LANCZOS).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 class RunSummary:
@@ -41,7 +33,7 @@ class RunSummary:
             img = dimmed(np.asarray(pr.image), pr.selected)
             role = f"local {i}" if i < self.run.K else "global"
             cells.append(f'<figure style="display:inline-block;margin:4px;text-align:center">'
-                         f'<img src="{_png_data_uri(img, self.thumb)}" width="{self.thumb}" alt="{html.escape(cond.name)}">'
+                         f'<img src="{png_data_uri(img, self.thumb)}" width="{self.thumb}" alt="{html.escape(cond.name)}">'
                          f"<figcaption>{role}: {html.escape(cond.name)}<br>{int(pr.selected.sum())} patches</figcaption>"
                          f"</figure>")
         return "".join(cells)
