@@ -299,6 +299,14 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
     assert second["encoder"] == T.weights_digest(T.load_network(encoder_prefix, dtype="fp32"))
     with pytest.raises(ValueError, match="no --encoder was given"):  # the flows now belong to that encoder
         T.Trainer(T.parse(T.TrainConfig, common), device="cpu").load()
+    # a longer schedule later leaves the autoencoders (and so the flows' latent space) as they are
+    capsys.readouterr()
+    longer = [a if a != "0.05" else "5" for a in common]
+    T.main(longer + ["--encoder", str(encoder_prefix), "--minutes", "0.05"])
+    third = json.loads((work / "ckpt" / "state.json").read_text())
+    assert third["steps"]["vae"] == first["steps"]["vae"] and third["steps"]["flow"] > second["steps"]["flow"]
+    assert third["slat_normalization"] == second["slat_normalization"]
+    assert "the autoencoder phase stays closed" in capsys.readouterr().out
 
 
 def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):

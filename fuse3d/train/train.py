@@ -328,10 +328,15 @@ class Trainer:
 
     def train_chunk(self) -> None:
         """Both phases, for the rest of this chunk's time."""
-        # phase 1: the autoencoders
+        # phase 1: the autoencoders; closed for good once a flow has trained on their latent space, so a
+        # longer --total-minutes later extends the flows and never moves the latents under them
         vae_steps = self.state.steps["vae"]
-        self.run_phase("vae", VAE_NETS, self.autoencoder_losses,
-                       lambda: self.state.seconds["vae"] < self.phase_budget("vae") and self.chunk_left())
+        if self.state.steps["flow"] > 0 and self.state.seconds["vae"] < self.phase_budget("vae"):
+            print(f"the autoencoder phase stays closed: the flows trained {self.state.steps['flow']} steps on its "
+                  "latent space (the longer schedule goes to the flows)", flush=True)
+        else:
+            self.run_phase("vae", VAE_NETS, self.autoencoder_losses,
+                           lambda: self.state.seconds["vae"] < self.phase_budget("vae") and self.chunk_left())
         if self.state.steps["vae"] != vae_steps:
             self.state.slat_normalization = None  # the latents changed
         if self.state.seconds["vae"] >= self.phase_budget("vae") and self.state.slat_normalization is None:
