@@ -272,8 +272,12 @@ def failure_row(case: Case, error: str, seconds: float = math.nan) -> dict:
 def run_job(job_json: str) -> str:
     """A case as JSON text in, its rows as JSON text out: what an executor's task runs. The job holds
     the case, the settings, the fixed parameters, ``final``, ``structure``, and the model, cache
-    folder and device to load (once per process)."""
+    folder and device to load (once per process), and optionally the number of CPU threads to run on."""
     job = json.loads(job_json)
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(job["threads"]))
     pipe = _pipe_for(job["model"], job["cache_dir"], job["device"])
     rows = run_case(Case(**job["case"]), pipe, job["settings"], job["params"], job["final"], job["structure"])
     return json.dumps(rows)
@@ -301,16 +305,23 @@ class RayExecutor:
         gpus_per_case: GPUs each task asks for (default: 1 when this machine has CUDA, else 0; a
             fraction shares a GPU between tasks).
         retries: how often a task is run again when its worker process dies.
+        threads: CPU threads of each task's torch (default: this process's ``torch.get_num_threads()``).
+            On the CPU a float sum depends on the number of threads that share it, so a worker with
+            another count can flip a score at a threshold (seen: 3 of 138 reverse-aligned tokens);
+            with the same count, the table equals the in-process one bit for bit on the same machine.
+            Pass 1 for throughput when many workers share the cores.
         task: what each task runs on a job's JSON text (default :func:`run_job`; tests wrap it).
     """
 
     def __init__(self, address: Optional[str] = "auto", workers: Optional[int] = None,
-                 gpus_per_case: Optional[float] = None, retries: int = 3, task: Callable[[str], str] = run_job):
+                 gpus_per_case: Optional[float] = None, retries: int = 3, threads: Optional[int] = None,
+                 task: Callable[[str], str] = run_job):
         self.address, self.workers, self.retries, self.task = address, workers, int(retries), task
-        self.gpus_per_case = gpus_per_case
+        self.gpus_per_case, self.threads = gpus_per_case, threads
 
     def __repr__(self) -> str:
-        return f"RayExecutor(address={self.address!r}, workers={self.workers}, gpus_per_case={self.gpus_per_case})"
+        return (f"RayExecutor(address={self.address!r}, workers={self.workers}, gpus_per_case={self.gpus_per_case}, "
+                f"threads={self.threads})")
 
     def _init(self):
         try:
@@ -340,7 +351,8 @@ class RayExecutor:
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.retries)(self.task)
         pending = {}
         for i, job in enumerate(jobs):
-            job = {**job, "device": job["device"] or ("cuda" if gpus else "cpu")}
+            job = {**job, "device": job["device"] or ("cuda" if gpus else "cpu"),
+                   "threads": self.threads or torch.get_num_threads()}
             pending[remote.remote(json.dumps(job))] = i
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
