@@ -1,6 +1,6 @@
 """Wall time of one sweep, in process and on a local Ray cluster, from one run (fresh caches each).
 
-    python bench/bench_sweep.py [--model DIR] [--cases 16] [--workers 2] [--latent-steps 2]
+    python bench/bench_sweep.py [--model DIR] [--cases 16] [--workers 2] [--threads N] [--latent-steps 2]
 
 Default: the tiny random-weight model (written to a temporary folder), 16 procedural cases
 (seeds 910000…) × 50 settings (10 head sets × 5 thresholds), captures at 2 latent steps, on the
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: the tiny random-weight model)")
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of each Ray task (default: this process's, so that the tables agree)")
     ap.add_argument("--latent-steps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -67,7 +69,7 @@ def main() -> None:
         retune_rate = len(sweep.settings) / (time.perf_counter() - t)
 
         remote_pipe = load("ray")
-        executor = RayExecutor("local", workers=args.workers)
+        executor = RayExecutor("local", workers=args.workers, threads=args.threads)
         t = time.perf_counter()
         executor._init()
         ray_start = time.perf_counter() - t
@@ -78,7 +80,7 @@ def main() -> None:
     report = {
         "model": local.model, "cases": len(sweep.cases), "settings": len(sweep.settings),
         "in_process_s": round(local_s, 1),
-        "ray_s": round(remote_s, 1), "ray_workers": args.workers, "ray_start_s": round(ray_start, 1),
+        "ray_s": round(remote_s, 1), "ray_workers": args.workers, "ray_threads": executor.threads or torch.get_num_threads(), "ray_start_s": round(ray_start, 1),
         "speed_up": round(local_s / remote_s, 2),
         "per_case_s": {"median": round(float(np.median(per_case)), 2), "min": round(float(per_case.min()), 2),
                        "max": round(float(per_case.max()), 2)},
