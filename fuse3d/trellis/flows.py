@@ -49,6 +49,34 @@ def _unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 class _FlowBase(TorsoDtypeMixin, nn.Module):
+    def _setup(self, resolution: int, in_channels: int, model_channels: int, cond_channels: int, out_channels: int,
+               num_blocks: int, num_heads: Optional[int], num_head_channels: Optional[int], patch_size: int,
+               share_mod: bool, use_fp16: bool, pe_mode: str) -> None:
+        """What both flows keep: their sizes, the timestep embedder and the shared modulation."""
+        _check_pe(pe_mode)
+        self.resolution = resolution
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.cond_channels = cond_channels
+        self.out_channels = out_channels
+        self.num_blocks = num_blocks
+        self.num_heads = num_heads or model_channels // num_head_channels
+        self.patch_size = patch_size
+        self.share_mod = share_mod
+        self.use_fp16 = use_fp16
+        self.dtype = torch.float32
+        self.t_embedder = TimestepEmbedder(model_channels)
+        if share_mod:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels))
+
+    def _cross_blocks(self, mlp_ratio: float, qk_rms_norm: bool, qk_rms_norm_cross: bool) -> nn.ModuleList:
+        """The ``num_blocks`` modulated self- and cross-attention blocks (``blocks.i``)."""
+        return nn.ModuleList(
+            ModulatedTransformerCrossBlock(self.model_channels, self.cond_channels, num_heads=self.num_heads,
+                                           mlp_ratio=mlp_ratio, qk_rms_norm=qk_rms_norm,
+                                           qk_rms_norm_cross=qk_rms_norm_cross, share_mod=self.share_mod)
+            for _ in range(self.num_blocks))
+
     def _init_flow_weights(self) -> None:
         init_transformer_weights(self)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
@@ -93,41 +121,14 @@ class SparseStructureFlowModel(_FlowBase):
         qk_rms_norm_cross: bool = False,
     ):
         super().__init__()
-        _check_pe(pe_mode)
-        self.resolution = resolution
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.cond_channels = cond_channels
-        self.out_channels = out_channels
-        self.num_blocks = num_blocks
-        self.num_heads = num_heads or model_channels // num_head_channels
-        self.patch_size = patch_size
-        self.share_mod = share_mod
-        self.use_fp16 = use_fp16
-        self.dtype = torch.float32
-
-        self.t_embedder = TimestepEmbedder(model_channels)
-        if share_mod:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels))
+        self._setup(resolution, in_channels, model_channels, cond_channels, out_channels, num_blocks, num_heads,
+                    num_head_channels, patch_size, share_mod, use_fp16, pe_mode)
         grid = resolution // patch_size
         axes = [torch.arange(grid)] * 3
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
         self.register_buffer("pos_emb", AbsolutePositionEmbedder(model_channels, 3)(coords))
         self.input_layer = nn.Linear(in_channels * patch_size**3, model_channels)
-        self.blocks = nn.ModuleList(
-            [
-                ModulatedTransformerCrossBlock(
-                    model_channels,
-                    cond_channels,
-                    num_heads=self.num_heads,
-                    mlp_ratio=mlp_ratio,
-                    qk_rms_norm=qk_rms_norm,
-                    qk_rms_norm_cross=qk_rms_norm_cross,
-                    share_mod=share_mod,
-                )
-                for _ in range(num_blocks)
-            ]
-        )
+        self.blocks = self._cross_blocks(mlp_ratio, qk_rms_norm, qk_rms_norm_cross)
         self.out_layer = nn.Linear(model_channels, out_channels * patch_size**3)
         self._init_flow_weights()
         if use_fp16:
@@ -218,25 +219,11 @@ class SLatFlowModel(_FlowBase):
         qk_rms_norm_cross: bool = False,
     ):
         super().__init__()
-        _check_pe(pe_mode)
-        self.resolution = resolution
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.cond_channels = cond_channels
-        self.out_channels = out_channels
-        self.num_blocks = num_blocks
-        self.num_heads = num_heads or model_channels // num_head_channels
-        self.patch_size = patch_size
-        self.use_skip_connection = use_skip_connection
-        self.share_mod = share_mod
-        self.use_fp16 = use_fp16
-        self.dtype = torch.float32
         if io_block_channels is not None and 2 ** len(io_block_channels) != patch_size:
             raise ValueError("SLatFlowModel needs one io block stage per factor 2 of patch_size")
-
-        self.t_embedder = TimestepEmbedder(model_channels)
-        if share_mod:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels))
+        self._setup(resolution, in_channels, model_channels, cond_channels, out_channels, num_blocks, num_heads,
+                    num_head_channels, patch_size, share_mod, use_fp16, pe_mode)
+        self.use_skip_connection = use_skip_connection
         self.pos_embedder = AbsolutePositionEmbedder(model_channels)
         first = model_channels if io_block_channels is None else io_block_channels[0]
         self.input_layer = SparseLinear(in_channels, first)
@@ -257,20 +244,7 @@ class SLatFlowModel(_FlowBase):
                     SparseResBlock3d(chs * skip, model_channels, out_channels=chs) for _ in range(num_io_res_blocks - 1)
                 )
 
-        self.blocks = nn.ModuleList(
-            [
-                ModulatedTransformerCrossBlock(
-                    model_channels,
-                    cond_channels,
-                    num_heads=self.num_heads,
-                    mlp_ratio=mlp_ratio,
-                    qk_rms_norm=qk_rms_norm,
-                    qk_rms_norm_cross=qk_rms_norm_cross,
-                    share_mod=share_mod,
-                )
-                for _ in range(num_blocks)
-            ]
-        )
+        self.blocks = self._cross_blocks(mlp_ratio, qk_rms_norm, qk_rms_norm_cross)
         self.out_layer = SparseLinear(first, out_channels)
         self._init_flow_weights()
         if use_fp16:
