@@ -9,15 +9,21 @@ same sampler settings), the ratio of the two, and the ratio's floor where every 
 costs what the plain one does (``floor_over_plain``: K + 1 capture samplings with ``separate``, one
 with ``shared``, and the final one); the mesh decoder network on the final latent (what
 the notebooks' mesh views wait for, marching cubes excluded); then the final latent again with each CPU
-enhancement backend (``explicit``, ``regions``) and how far their latents differ.
+enhancement backend (``explicit``, ``regions``) and how far their latents differ; and one latent-flow
+forward at batch 1 and 2 (what running a step's two CFG passes as one batch would gain).
 """
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import measure  # noqa: E402
 
 from fuse3d import Fuse3D
 from fuse3d.spec import example_spec, load_spec
@@ -37,6 +43,24 @@ def plain_generation(run) -> tuple:
                               **sampler(run, view, "latent"))
     latent = time.perf_counter() - t
     return shared + latent, latent
+
+
+def latent_forward_ms(run, batches=(1, 2)) -> dict:
+    """Median ms (5 repeats) of one latent-flow forward on the run's voxels at each batch size: whether
+    running a sampler step's conditional and unconditional passes as one batch of 2 would pay here."""
+    from fuse3d.trellis import SparseTensor
+
+    flow, coords = run.trellis.slat_flow, run.structure.int()
+    cond = run.tokens(run.K)[None].float()
+    out = {}
+    for b in batches:
+        rows = torch.cat([torch.cat([torch.full((len(coords), 1), i, dtype=torch.int32), coords[:, -3:]], 1)
+                          for i in range(b)])
+        x = SparseTensor(torch.randn(len(rows), flow.in_channels), rows)
+        t, c = torch.full((b,), 500.0), cond.expand(b, -1, -1)
+        with torch.no_grad():
+            out[b] = round(1e3 * measure(lambda: flow(x, t, c), "cpu", repeats=5, warmup=1).median, 1)
+    return out
 
 
 def floor_over_plain(run, plain: float, latent: float) -> float:
@@ -65,6 +89,7 @@ def main() -> None:
         run = pipe.run(spec.global_condition, spec.local_conditions, seed=spec.seed, **params)
         total = time.perf_counter() - t0
         plain, latent = plain_generation(run)
+        forward_ms = latent_forward_ms(run)
         t = time.perf_counter()
         run.trellis.decode(run.final.to(run.trellis.device), ["mesh"])  # the mesh decoder network (views)
         mesh_decoder = time.perf_counter() - t
@@ -81,6 +106,7 @@ def main() -> None:
         "run_over_plain": round(total / plain, 2), "floor_over_plain": round(floor_over_plain(run, plain, latent), 2),
         "stages_s": {k: round(v, 3) for k, v in run.timings().items()},
         "mesh_decoder_s": round(mesh_decoder, 2),
+        "latent_forward_ms_by_batch": forward_ms,
         "final_s": {b: round(f[1], 2) for b, f in finals.items()}, "final_max_abs_diff": diff,
     }, indent=1))
 
