@@ -63,6 +63,9 @@ class TrellisPipeline(nn.Module):
         for attr, net in networks.items():
             self.add_module(attr, net)
         self.image_encoder = image_encoder
+        #: replay plain samplings' flow forwards as CUDA graphs (on CUDA; see fuse3d.trellis.graphs).
+        #: Off until the GPU tests of tests/test_graphs.py have run on this code.
+        self.cuda_graphs = False
         self.config = config
         self.model_name = model_name
         self.source = source
@@ -111,7 +114,7 @@ class TrellisPipeline(nn.Module):
         noise = self.structure_noise(cond.shape[0], seed)
         p = {**self.ss_sampler_params, **params}
         z = self.ss_sampler.sample(self.ss_flow, noise, cond, torch.zeros_like(cond), progress=progress,
-                                   desc="Structure", on_step=on_step, **p).samples
+                                   desc="Structure", on_step=on_step, cuda_graphs=self.cuda_graphs, **p).samples
         logits = self.ss_decoder(z)
         return torch.argwhere(logits > 0)[:, [0, 2, 3, 4]].int()
 
@@ -132,7 +135,8 @@ class TrellisPipeline(nn.Module):
         p = {**self.slat_sampler_params, **params}
         neg = torch.zeros_like(cond) if neg_cond is None else neg_cond
         slat = self.slat_sampler.sample(self.slat_flow, noise, cond, neg, progress=progress, desc="Latent",
-                                        call_context=call_context, on_step=on_step, **p).samples
+                                        call_context=call_context, on_step=on_step, cuda_graphs=self.cuda_graphs,
+                                        **p).samples
         return self.denormalize(slat) if normalize else slat
 
     def denormalize(self, slat: SparseTensor) -> SparseTensor:

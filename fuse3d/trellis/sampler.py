@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .graphs import GraphedFlow, graphable
+
 __all__ = ["CallTracker", "FlowEulerSampler", "ModelCall", "sampler_params", "SamplerOutput", "t_schedule", "SAMPLER_NAMES"]
 
 SAMPLER_NAMES = ("FlowEulerSampler", "FlowEulerCfgSampler", "FlowEulerGuidanceIntervalSampler")
@@ -111,6 +113,7 @@ class FlowEulerSampler:
         progress: bool = True,
         desc: str = "Sampling",
         keep_trajectory: bool = False,
+        cuda_graphs: bool = False,
     ) -> SamplerOutput:
         """Integrate from ``noise`` (``t = 1``) to ``t = 0``.
 
@@ -127,6 +130,9 @@ class FlowEulerSampler:
             call_context: ``f(ModelCall) -> context manager`` entered around each network call.
             progress: show a tqdm bar.
             keep_trajectory: also return ``x`` and the ``x0`` prediction after every step.
+            cuda_graphs: replay the model's forwards as CUDA graphs (:mod:`fuse3d.trellis.graphs`)
+                where that is safe: on CUDA, with no ``call_context`` and default attention;
+                elsewhere the flag is ignored and every forward runs eagerly.
         """
         lo, hi = cfg_interval
         t_seq = t_schedule(steps, rescale_t)
@@ -136,6 +142,8 @@ class FlowEulerSampler:
         if use_cfg:
             neg_cond = torch.zeros_like(cond) if neg_cond is None else _repeat(neg_cond, batch)
         ctx = call_context or (lambda call: contextlib.nullcontext())
+        if cuda_graphs and call_context is None and isinstance(model, torch.nn.Module) and graphable(model, noise):
+            model = GraphedFlow(model)
 
         def evaluate(x, t: float, c: torch.Tensor, step: int, branch: str):
             with ctx(ModelCall(step, float(t), branch)):

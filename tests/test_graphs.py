@@ -1,0 +1,123 @@
+"""CUDA-graph replay of a sampling's flow forwards (fuse3d.trellis.graphs): equal to eager, used only
+where it is safe, and a no-op off CUDA."""
+import pytest
+import torch
+
+from fuse3d import Fuse3D
+from fuse3d.trellis import sampler as sampler_module
+from fuse3d.trellis.graphs import GraphedFlow, graphable
+from fuse3d.trellis.pipeline import load_pipeline
+from fuse3d.trellis.sampler import t_schedule
+
+
+class Recorded(GraphedFlow):
+    """A GraphedFlow that remembers every instance the sampler made."""
+
+    made = []
+
+    def __init__(self, flow):
+        super().__init__(flow)
+        Recorded.made.append(self)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    Recorded.made = []
+    monkeypatch.setattr(sampler_module, "GraphedFlow", Recorded)
+    return Recorded.made
+
+
+def sample_both(pipe, device, steps=5):
+    """(structure latent, structured latent) of one plain generation, sampler by sampler."""
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, 1374, pipe.ss_flow.cond_channels, generator=gen).to(device)
+    z = pipe.ss_sampler.sample(pipe.ss_flow, pipe.structure_noise(1, 0), cond, torch.zeros_like(cond), steps=steps,
+                               cfg_strength=3.0, cfg_interval=(0.0, 1.0), progress=False,
+                               cuda_graphs=pipe.cuda_graphs).samples
+    coords = torch.cat([torch.zeros(400, 1), torch.randint(0, 64, (400, 3), generator=gen)], 1).int().unique(dim=0)
+    slat = pipe.sample_latent(cond, coords.to(device), seed=0, steps=steps, cfg_strength=3.0, cfg_interval=(0.5, 1.0),
+                              progress=False)
+    return z, slat.feats
+
+
+def test_off_cuda_the_flag_changes_nothing(tiny_model_dir, recorded):
+    pipe = load_pipeline(tiny_model_dir, device="cpu", progress=False)
+    eager = sample_both(pipe, "cpu")
+    pipe.cuda_graphs = True
+    flagged = sample_both(pipe, "cpu")
+    assert recorded == [], "no graph on the CPU"
+    for a, b in zip(eager, flagged):
+        assert torch.equal(a, b)
+    assert not graphable(pipe.slat_flow, torch.zeros(3, 8))
+
+
+def record_on_cpu(fn, pool=None):
+    """A CPU stand-in for a CUDA graph: a static output that each replay recomputes in place from the
+    static inputs (what a graph's replay does), and nothing else."""
+    out = fn()
+
+    def replay():
+        fresh = fn()
+        (out.feats if hasattr(out, "feats") else out).copy_(fresh.feats if hasattr(fresh, "feats") else fresh)
+
+    return replay, out, pool
+
+
+def test_static_buffers_carry_each_call_and_outputs_survive_the_next_replay(tiny_model_dir):
+    """The replay logic on the CPU: every call's x and t reach the recorded forward, outputs kept
+    across calls stay as they were, both CFG branches have their own graph; equal to eager."""
+    pipe = load_pipeline(tiny_model_dir, device="cpu", progress=False)
+    gen = torch.Generator().manual_seed(1)
+    cond = torch.randn(1, 1374, pipe.ss_flow.cond_channels, generator=gen)
+    coords = torch.cat([torch.zeros(300, 1), torch.randint(0, 64, (300, 3), generator=gen)], 1).int().unique(dim=0)
+    for flow, noise in ((pipe.ss_flow, pipe.structure_noise(1, 0)), (pipe.slat_flow, pipe.latent_noise(coords, 0))):
+        kw = dict(steps=5, cfg_strength=3.0, cfg_interval=(0.0, 1.0), progress=False, keep_trajectory=True)
+        eager = pipe.ss_sampler.sample(flow, noise, cond, torch.zeros_like(cond), **kw)
+        graphed = GraphedFlow(flow, record=record_on_cpu, warm=lambda fn: fn())
+        replayed = pipe.ss_sampler.sample(graphed, noise, cond, torch.zeros_like(cond), **kw)
+        assert graphed.replays == 2 * 4 and len(graphed._graphs) == 2
+        for a, b in zip(eager.pred_x_0, replayed.pred_x_0):  # kept outputs of every step
+            a, b = (a.feats, b.feats) if hasattr(a, "feats") else (a, b)
+            assert torch.equal(a, b)
+        x = noise.feats if hasattr(noise, "feats") else noise
+        first = graphed(noise, torch.full((1,), 700.0), cond)  # a replay (the branch is recorded)
+        kept = (first.feats if hasattr(first, "feats") else first).clone()
+        graphed(noise.replace(x + 1) if hasattr(noise, "feats") else x + 1, torch.full((1,), 300.0), cond)
+        assert torch.equal(first.feats if hasattr(first, "feats") else first, kept), "an output survives the next replay"
+    with pytest.raises(ValueError, match="one sampling"):
+        graphed(pipe.latent_noise(coords[:-1], 0), torch.full((1,), 500.0), cond)
+
+
+def test_the_pipeline_keeps_graphs_off_by_default(tiny_model_dir):
+    """Opt-in until the GPU tests below have run on this code (docs/performance.md)."""
+    assert load_pipeline(tiny_model_dir, device="cpu", progress=False).cuda_graphs is False
+
+
+@pytest.mark.gpu
+def test_graph_replays_equal_eager_for_both_flows(tiny_model_dir, recorded):
+    pipe = load_pipeline(tiny_model_dir, device="cuda", progress=False)
+    eager = sample_both(pipe, "cuda")
+    assert recorded == []
+    pipe.cuda_graphs = True
+    replayed = sample_both(pipe, "cuda")
+    # every call of a branch after its first (eager) one is a replay
+    latent_t = t_schedule(5, pipe.slat_sampler_params["rescale_t"])[:5]
+    expected = [2 * (5 - 1), (5 - 1) + (int((latent_t >= 0.5).sum()) - 1)]
+    assert [g.replays for g in recorded] == expected
+    for name, a, b in zip(("structure", "latent"), eager, replayed):
+        torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3, msg=name)
+
+
+@pytest.mark.gpu
+def test_fuse3d_samplings_with_processors_stay_eager_and_unchanged(tiny_model_dir, conditions, recorded):
+    """Capture and enhancement keep per-call state in their processors: those samplings are never
+    graphed, and the run equals the eager one; the structure sampling (plain) is."""
+    g, locals_ = conditions
+    runs = []
+    for graphs_on in (False, True):
+        pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cuda", progress=False)
+        pipe.trellis.cuda_graphs = graphs_on
+        runs.append(pipe.run(g, locals_, seed=0, structure_steps=4, latent_steps=4))
+    assert len(recorded) == 1 and recorded[0].flow is runs[1].trellis.ss_flow, "only the structure sampling"
+    assert torch.equal(runs[0].structure, runs[1].structure)
+    torch.testing.assert_close(runs[1].final.feats, runs[0].final.feats, rtol=2e-3, atol=2e-3)
