@@ -88,6 +88,26 @@ def test_static_buffers_carry_each_call_and_outputs_survive_the_next_replay(tiny
         graphed(pipe.latent_noise(coords[:-1], 0), torch.full((1,), 500.0), cond)
 
 
+def test_only_processors_that_do_the_same_work_at_every_call_of_a_branch_are_replayed():
+    """A replay skips the processors' Python: the capture (running sums per step) and interventions
+    (chosen steps) must stay eager; the default attention and the enhancement (branch alone) may not."""
+    from fuse3d.method.capture import CaptureProcessor, CaptureState, CaptureTarget
+    from fuse3d.method.enhancement import identity_tables
+    from fuse3d.method.interventions import InterveningProcessor
+    from fuse3d.method.kernels import EnhanceProcessor
+    from fuse3d.trellis.attention import SDPAProcessor
+    from fuse3d.trellis.graphs import replayable
+    from fuse3d.trellis.sampler import CallTracker
+
+    tracker, tables = CallTracker(), identity_tables(8, torch.zeros(10))
+    state = CaptureState([CaptureTarget("forward", torch.arange(3))], num_heads=2, num_cells=8, num_blocks=1, num_steps=2)
+    assert replayable(SDPAProcessor())
+    assert replayable(EnhanceProcessor(tables, tracker, "regions")) and replayable(EnhanceProcessor(tables, tracker))
+    assert not replayable(EnhanceProcessor(tables, tracker, "flex"))
+    assert not replayable(CaptureProcessor(state, tracker, 0))
+    assert not replayable(InterveningProcessor(EnhanceProcessor(tables, tracker), tracker, heads=[0]))
+
+
 def test_the_pipeline_keeps_graphs_off_by_default(tiny_model_dir):
     """Opt-in until the GPU tests below have run on this code (docs/performance.md)."""
     assert load_pipeline(tiny_model_dir, device="cpu", progress=False).cuda_graphs is False
@@ -109,15 +129,16 @@ def test_graph_replays_equal_eager_for_both_flows(tiny_model_dir, recorded):
 
 
 @pytest.mark.gpu
-def test_fuse3d_samplings_with_processors_stay_eager_and_unchanged(tiny_model_dir, conditions, recorded):
-    """Capture and enhancement keep per-call state in their processors: those samplings are never
-    graphed, and the run equals the eager one; the structure sampling (plain) is."""
+def test_a_fuse3d_run_graphs_its_structure_and_final_samplings_and_equals_eager(tiny_model_dir, conditions, recorded):
+    """The structure sampling (default attention) and the enhanced final sampling (replayable
+    processors) are graphed; the captures (running sums per step) stay eager; the run equals eager."""
     g, locals_ = conditions
     runs = []
     for graphs_on in (False, True):
         pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cuda", progress=False)
         pipe.trellis.cuda_graphs = graphs_on
         runs.append(pipe.run(g, locals_, seed=0, structure_steps=4, latent_steps=4))
-    assert len(recorded) == 1 and recorded[0].flow is runs[1].trellis.ss_flow, "only the structure sampling"
+    assert [g.flow for g in recorded] == [runs[1].trellis.ss_flow, runs[1].trellis.slat_flow]
+    assert all(g.replays > 0 for g in recorded)
     assert torch.equal(runs[0].structure, runs[1].structure)
     torch.testing.assert_close(runs[1].final.feats, runs[0].final.feats, rtol=2e-3, atol=2e-3)

@@ -146,6 +146,13 @@ class EnhanceProcessor:
         self._flex = None
         self._plan = None
 
+    @property
+    def replayable(self) -> bool:
+        """A CUDA graph recorded per CFG branch may replay this processor (fuse3d.trellis.graphs): its
+        work depends on the branch alone, once the plan is built by the first call. FlexAttention's
+        compiled kernel is left eager."""
+        return self.backend != "flex"
+
     def __call__(self, attn, q, k, v, *, batch, mask=None):
         if self.tracker.branch != "cond":
             return sdpa(attn, q, k, v)

@@ -14,9 +14,12 @@ spatial cache; ``tests/test_graphsafe.py``), which is what :class:`GraphedFlow` 
 - the graphs of one sampling share one memory pool (they are replayed one at a time, in order);
 - the output is cloned out of the graph's static buffer, so a caller may keep it across steps.
 
-Only plain forwards are graphed: a sampler given a ``call_context`` or a flow with other attention
-processors than the default (Fuse3D's capture and enhancement, whose processors keep per-call Python
-state) runs eagerly. Opt in per pipeline (``TrellisPipeline.cuda_graphs``); nothing global changes.
+A replay skips the Python of every attention processor, so only flows whose processors all do the
+same work at every call of a branch are graphed (:func:`replayable`): the default attention, and
+processors that say so with ``replayable = True`` (Fuse3D's enhancement, whose work depends on the
+CFG branch alone). Fuse3D's capture processors (running sums kept per step in Python) and the
+interventions (chosen steps) are not, so those samplings run eagerly. Opt in per pipeline
+(``TrellisPipeline.cuda_graphs``); nothing global changes.
 """
 from __future__ import annotations
 
@@ -27,14 +30,19 @@ import torch
 from .attention import SDPAProcessor, attn_processors
 from .sparse import SparseTensor
 
-__all__ = ["GraphedFlow", "graphable", "on_side_stream", "record_cuda_graph"]
+__all__ = ["GraphedFlow", "graphable", "on_side_stream", "record_cuda_graph", "replayable"]
+
+
+def replayable(processor) -> bool:
+    """Whether a graph recorded at one call of a CFG branch may stand for every later call of it."""
+    return type(processor) is SDPAProcessor or getattr(processor, "replayable", False) is True
 
 
 def graphable(flow: torch.nn.Module, x) -> bool:
-    """Whether :class:`GraphedFlow` may replay ``flow`` on ``x``: on CUDA, default attention only."""
+    """Whether :class:`GraphedFlow` may replay ``flow`` on ``x``: on CUDA, with replayable processors."""
     feats = x.feats if isinstance(x, SparseTensor) else x
     return (feats.is_cuda and torch.cuda.is_available()
-            and all(type(p) is SDPAProcessor for p in attn_processors(flow).values()))
+            and all(replayable(p) for p in attn_processors(flow).values()))
 
 
 def record_cuda_graph(fn: Callable[[], object], pool=None) -> Tuple[Callable[[], None], object, object]:

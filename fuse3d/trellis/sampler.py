@@ -131,8 +131,9 @@ class FlowEulerSampler:
             progress: show a tqdm bar.
             keep_trajectory: also return ``x`` and the ``x0`` prediction after every step.
             cuda_graphs: replay the model's forwards as CUDA graphs (:mod:`fuse3d.trellis.graphs`)
-                where that is safe: on CUDA, with no ``call_context`` and default attention;
-                elsewhere the flag is ignored and every forward runs eagerly.
+                where that is safe: on CUDA, with attention processors that are all replayable;
+                elsewhere the flag is ignored and every forward runs eagerly. ``call_context`` is
+                still entered around every call (a replay skips only the model's Python).
         """
         lo, hi = cfg_interval
         t_seq = t_schedule(steps, rescale_t)
@@ -142,7 +143,7 @@ class FlowEulerSampler:
         if use_cfg:
             neg_cond = torch.zeros_like(cond) if neg_cond is None else _repeat(neg_cond, batch)
         ctx = call_context or (lambda call: contextlib.nullcontext())
-        if cuda_graphs and call_context is None and isinstance(model, torch.nn.Module) and graphable(model, noise):
+        if cuda_graphs and isinstance(model, torch.nn.Module) and graphable(model, noise):
             model = GraphedFlow(model)
 
         def evaluate(x, t: float, c: torch.Tensor, step: int, branch: str):
