@@ -2,9 +2,12 @@
 where it is safe, and a no-op off CUDA."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fuse3d import Fuse3D
+from fuse3d.trellis import graphs as graphs_module
 from fuse3d.trellis import sampler as sampler_module
+from fuse3d.trellis.attention import attn_processors
 from fuse3d.trellis.graphs import GraphedFlow, graphable
 from fuse3d.trellis.pipeline import load_pipeline
 from fuse3d.trellis.sampler import t_schedule
@@ -51,14 +54,42 @@ def test_off_cuda_the_flag_changes_nothing(tiny_model_dir, recorded):
     assert not graphable(pipe.slat_flow, torch.zeros(3, 8))
 
 
+class _Recording(TorchDispatchMode):
+    """Every aten op a recorded call runs, with the very tensors it read and wrote."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default,):
+            raise RuntimeError(f"{func} reads the device on the host: it cannot be recorded")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
 def record_on_cpu(fn, pool=None):
-    """A CPU stand-in for a CUDA graph: a static output that each replay recomputes in place from the
-    static inputs (what a graph's replay does), and nothing else."""
-    out = fn()
+    """A CPU emulation of a CUDA graph, with its contract: recording runs ``fn`` once and keeps the
+    aten ops it ran; a replay runs those ops again on the same tensors (the static inputs, the
+    intermediates, the static output) and never ``fn``'s Python. A processor whose Python decides
+    what to compute at each call (a step index, a counter) is replayed wrongly here, as on a GPU.
+    View ops alias their input and need no replay; a mutating op mutates its recorded arguments; any
+    other op's result is copied into its recorded output."""
+    with _Recording() as rec:
+        out = fn()
 
     def replay():
-        fresh = fn()
-        (out.feats if hasattr(out, "feats") else out).copy_(fresh.feats if hasattr(fresh, "feats") else fresh)
+        for func, args, kwargs, result in rec.ops:
+            if func.is_view:
+                continue
+            fresh = func(*args, **kwargs)
+            if func._schema.is_mutable or not isinstance(result, (torch.Tensor, tuple, list)):
+                continue
+            for r, f in zip(*((result, fresh) if isinstance(result, (tuple, list)) else ((result,), (fresh,)))):
+                if isinstance(r, torch.Tensor):
+                    r.copy_(f)
 
     return replay, out, pool
 
@@ -106,6 +137,53 @@ def test_only_processors_that_do_the_same_work_at_every_call_of_a_branch_are_rep
     assert not replayable(EnhanceProcessor(tables, tracker, "flex"))
     assert not replayable(CaptureProcessor(state, tracker, 0))
     assert not replayable(InterveningProcessor(EnhanceProcessor(tables, tracker), tracker, heads=[0]))
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """The sampler graphs on the CPU too, with :func:`record_on_cpu`, wherever the processors allow;
+    yields the list of GraphedFlows it made."""
+    made = []
+
+    class Emulated(GraphedFlow):
+        def __init__(self, flow):
+            super().__init__(flow, record=record_on_cpu, warm=lambda fn: fn())
+            made.append(self)
+
+    monkeypatch.setattr(sampler_module, "GraphedFlow", Emulated)
+    monkeypatch.setattr(sampler_module, "graphable",
+                        lambda flow, x: all(graphs_module.replayable(p) for p in attn_processors(flow).values()))
+    return made
+
+
+def fuse3d_run(tiny_model_dir, conditions, graphs: bool):
+    pipe = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
+    pipe.trellis.cuda_graphs = graphs
+    g, locals_ = conditions
+    return pipe.run(g, locals_, seed=0, structure_steps=4, latent_steps=4)
+
+
+def test_replayed_structure_and_final_samplings_give_the_eager_run(tiny_model_dir, conditions, emulated):
+    """With replays that never run the processors' Python, a Fuse3D run equals the eager one: the
+    structure and the enhanced final sampling are graphed, the captures are not."""
+    eager = fuse3d_run(tiny_model_dir, conditions, graphs=False)
+    assert emulated == []
+    replayed = fuse3d_run(tiny_model_dir, conditions, graphs=True)
+    assert [type(g.flow).__name__ for g in emulated] == ["SparseStructureFlowModel", "SLatFlowModel"]
+    assert all(g.replays > 0 for g in emulated)
+    assert torch.equal(replayed.structure, eager.structure)
+    assert torch.equal(replayed.final.feats, eager.final.feats)
+
+
+def test_a_replayed_capture_would_be_wrong_which_is_why_it_stays_eager(tiny_model_dir, conditions, emulated,
+                                                                         monkeypatch):
+    """The control for the test above: the capture's per-step sums are chosen in Python, so replaying
+    a recorded capture (forced here) puts every step's scores into the recorded step's row."""
+    eager = fuse3d_run(tiny_model_dir, conditions, graphs=False)
+    monkeypatch.setattr(graphs_module, "replayable", lambda p: True)
+    forced = fuse3d_run(tiny_model_dir, conditions, graphs=True)
+    by_step = [r["capture", 0]["by_step"] for r in (eager, forced)]
+    assert not torch.allclose(by_step[0], by_step[1])
 
 
 def test_the_pipeline_keeps_graphs_off_by_default(tiny_model_dir):
