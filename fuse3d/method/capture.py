@@ -24,13 +24,14 @@ per batch element, running sums of
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..trellis.attention import use_attn_processors
-from ..trellis.sampler import CallTracker
+from ..trellis.sampler import CallTracker, ModelCall
 from ..trellis.sparse import SparseTensor
 from .kernels import attention_logsumexp, sdpa
 
@@ -53,22 +54,33 @@ class CaptureTarget:
 
 @dataclass
 class CaptureSums:
-    """Running sums of one batch element, and how many (block, step) calls went into them."""
+    """Running sums of one batch element, and how many (block, step) calls went into them (``calls``,
+    counted on the device so that a replayed CUDA graph counts too)."""
 
     total: torch.Tensor
     by_block: Optional[torch.Tensor] = None
     by_step: Optional[torch.Tensor] = None
-    count: int = 0
+    calls: Optional[torch.Tensor] = None
     block_counts: Optional[torch.Tensor] = None
     step_counts: Optional[torch.Tensor] = None
     transposed: bool = False
 
+    def __post_init__(self):
+        if self.calls is None:
+            self.calls = torch.zeros((), device=self.total.device)
+
+    @property
+    def count(self) -> int:
+        """How many calls were summed (reads the device)."""
+        return int(self.calls.item())
+
     def mean(self) -> Dict[str, torch.Tensor]:
         """Averages: ``total`` over all captured calls, ``by_block``/``by_step`` over their own calls."""
-        if self.count == 0:
+        count = self.count
+        if count == 0:
             raise RuntimeError("nothing was captured: check the capture blocks and steps")
         total = self.total.transpose(1, 2) if self.transposed else self.total
-        out = {"mean": total / self.count}
+        out = {"mean": total / count}
         if self.by_block is not None:
             out["by_block"] = self.by_block / self.block_counts.clamp(min=1).view(-1, *[1] * (self.by_block.ndim - 1))
         if self.by_step is not None:
@@ -83,8 +95,15 @@ class CaptureState:
         targets: one :class:`CaptureTarget` per batch element.
         num_heads, num_cells, num_blocks, num_steps: sizes.
         blocks, steps: which block and step indices to aggregate (``None`` = all).
-        key_mask: ``[B, tokens]`` bool when conditions were padded to a common length.
+        key_mask: ``[B, tokens]`` bool when conditions were padded to a common length (each row's
+            real tokens first).
         detail: also keep per-block and per-step sums for forward targets.
+
+    ``step_index`` is the sampler step on the device: :meth:`call_context` sets it before every
+    network call, and processors pass it to :meth:`add`, so that a call replayed from a CUDA graph
+    adds to its own step's row. With every block and step captured (``blocks`` and ``steps`` None,
+    or any ``blocks``), a capture processor then does the same work at every conditional call, and
+    is replayable (:mod:`fuse3d.trellis.graphs`).
     """
 
     def __init__(self, targets: Sequence[CaptureTarget], num_heads: int, num_cells: int, num_blocks: int,
@@ -95,6 +114,16 @@ class CaptureState:
         self.blocks = None if blocks is None else set(int(b) for b in blocks)
         self.steps = None if steps is None else set(int(s) for s in steps)
         self.key_mask = key_mask
+        self.key_len = None  # real tokens per row: a slice, not a boolean index (no data-dependent shape)
+        if key_mask is not None:
+            lengths = key_mask.sum(1)
+            prefix = torch.arange(key_mask.shape[1], device=key_mask.device)[None] < lengths[:, None]
+            if not torch.equal(prefix, key_mask.bool()):
+                raise ValueError("key_mask must keep each row's real tokens first and its padding last")
+            self.key_len = [int(n) for n in lengths.tolist()]
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
+        self._step_rows = torch.arange(num_steps, device=device)
+        self._one = torch.ones(1, device=device)
         self.sums: List[CaptureSums] = []
         for t in self.targets:
             if t.kind == "forward":
@@ -115,35 +144,53 @@ class CaptureState:
     def wants(self, block: int, step: int) -> bool:
         return (self.blocks is None or block in self.blocks) and (self.steps is None or step in self.steps)
 
+    @property
+    def replayable(self) -> bool:
+        """Whether the capture does the same work at every conditional call of a block (every step)."""
+        return self.steps is None
+
+    def call_context(self, tracker: CallTracker) -> Callable[[ModelCall], ContextManager]:
+        """The sampler's ``call_context`` for this state's sampling: ``tracker``'s, after setting
+        :attr:`step_index` on the device (outside the network call)."""
+        @contextlib.contextmanager
+        def context(call: ModelCall):
+            self.step_index.fill_(call.step)
+            with tracker(call):
+                yield
+        return context
+
     @torch.no_grad()
-    def add(self, block: int, step: int, scale: float, q: torch.Tensor, k: torch.Tensor, batch: range) -> None:
+    def add(self, block: int, step: Union[int, torch.Tensor], scale: float, q: torch.Tensor, k: torch.Tensor,
+            batch: range) -> None:
         """Accumulate one call: ``q [b, cells, H, D]``, ``k [b, tokens, H, D]`` for batch elements ``batch``.
+
+        ``step`` is the sampler step: an int, or a one-element device tensor (:attr:`step_index`, as
+        the processors pass it).
 
         Forward targets use ``Σ_{t∈D} softmax(l)_t = exp(logsumexp_D(l) − logsumexp(l))`` (no softmax
         is materialised); reverse targets only need their candidate columns, since a softmax over cells
         treats every token column on its own. Logits come from the network's dtype (tensor cores on
         GPU) and are reduced in float32.
         """
+        step_row = step if torch.is_tensor(step) else self._step_rows[step:step + 1]
         for row, e in enumerate(batch):
             target, sums = self.targets[e], self.sums[e]
             qh = q[row].transpose(0, 1)  # [H, cells, D]
             kh = k[row].transpose(0, 1)  # [H, tokens, D]
+            if self.key_len is not None:
+                kh = kh[:, :self.key_len[e]]  # drop padding tokens (they come last)
             idx = target.tokens
             if target.kind == "forward":
-                if self.key_mask is not None:
-                    kh = kh[:, self.key_mask[e]]  # drop padding tokens (they come last)
                 lse_all, _ = attention_logsumexp(qh, kh, scale)
                 lse_sel, _ = attention_logsumexp(qh, kh[:, idx], scale)
                 s = torch.exp(lse_sel - lse_all)  # [H, cells]
                 sums.total += s
                 if sums.by_block is not None:
                     sums.by_block[block] += s
-                    sums.by_step[step] += s
+                    sums.by_step.index_add_(0, step_row, s[None])
                     sums.block_counts[block] += 1
-                    sums.step_counts[step] += 1
+                    sums.step_counts.index_add_(0, step_row, self._one)
             elif target.kind == "rows":
-                if self.key_mask is not None:
-                    kh = kh[:, self.key_mask[e]]
                 rows = torch.matmul(qh[:, idx] * scale, kh.transpose(1, 2)).float().softmax(-1)  # [H, chosen, tokens]
                 if sums.total.numel() == 0:
                     sums.total = torch.zeros_like(rows)
@@ -152,7 +199,7 @@ class CaptureState:
                 # [H, candidates, cells]: the softmax over cells runs along the last, contiguous axis
                 logits = torch.matmul(kh[:, idx] * scale, qh.transpose(1, 2))
                 sums.total += logits.float().softmax(-1)
-            sums.count += 1
+            sums.calls += 1
 
 
 def capture_result(state: CaptureState, e: int, fed, slat0: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -178,10 +225,15 @@ class CaptureProcessor:
     def __init__(self, state: CaptureState, tracker: CallTracker, block: int):
         self.state, self.tracker, self.block = state, tracker, block
 
+    @property
+    def replayable(self) -> bool:
+        """A CUDA graph per CFG branch may replay it when every step is captured (CaptureState)."""
+        return self.state.replayable
+
     def __call__(self, attn, q, k, v, *, batch, mask=None):
         km = None if self.state.key_mask is None else self.state.key_mask[batch.start:batch.stop]
         if self.tracker.branch == "cond" and self.state.wants(self.block, self.tracker.step):
-            self.state.add(self.block, self.tracker.step, attn.scale, q, k, batch)
+            self.state.add(self.block, self.state.step_index, attn.scale, q, k, batch)
         return sdpa(attn, q, k, v, km)
 
     def __repr__(self) -> str:
@@ -198,9 +250,14 @@ class SharedCaptureProcessor:
         self.reverse_row = reverse_row
         self._keys = None  # per local image: its keys in this block (the same at every step)
 
+    @property
+    def replayable(self) -> bool:
+        """As :attr:`CaptureProcessor.replayable` (the local keys are projected once, at the first call)."""
+        return self.state.replayable
+
     def __call__(self, attn, q, k, v, *, batch, mask=None):
         if self.tracker.branch == "cond" and self.state.wants(self.block, self.tracker.step):
-            step = self.tracker.step
+            step = self.state.step_index
             self.state.add(self.block, step, attn.scale, q, k, range(self.reverse_row, self.reverse_row + 1))
             if self._keys is None:
                 self._keys = [attn.project_context(ctx.to(q.dtype)[None])[0] for ctx in self.contexts]
@@ -326,7 +383,8 @@ def separate_capture(trellis, plan: CapturePlan, which: List[int], progress: boo
     procs = {f"blocks.{b}.cross_attn": CaptureProcessor(state, tracker, b) for b in range(plan.num_blocks)}
     with use_attn_processors(trellis.slat_flow, procs):
         slat = trellis.sample_latent(cond.to(dev), noise.coords, noise=noise, neg_cond=torch.zeros_like(cond).to(dev),
-                                     progress=progress, call_context=tracker, normalize=False, **plan.sampler)
+                                     progress=progress, call_context=state.call_context(tracker), normalize=False,
+                                     **plan.sampler)
     names = ", ".join(it.name for it in items)
     return [(capture_result(state, b, it.fed, slat.feats[slat.layout[b]]),
              {"kind": it.target.kind, "batch": names, "calls": state.sums[b].count, "strategy": "separate"})
@@ -347,6 +405,6 @@ def shared_capture(trellis, plan: CapturePlan, which: Sequence[int], progress: b
     noise = trellis.latent_noise(coords, glob.noise_seed)
     with use_attn_processors(trellis.slat_flow, procs):
         slat = trellis.sample_latent(glob.tokens[None].to(dev), coords, noise=noise, progress=progress,
-                                     call_context=tracker, normalize=False, **plan.sampler)
+                                     call_context=state.call_context(tracker), normalize=False, **plan.sampler)
     return [(capture_result(state, i, plan.items[i].fed, slat.feats),
              {"kind": plan.items[i].target.kind, "calls": state.sums[i].count, "strategy": "shared"}) for i in which]
