@@ -60,16 +60,18 @@ def test_the_mode_finds_host_reads_copies_and_data_dependent_shapes():
             x.max().item()
 
 
-@pytest.mark.parametrize("strategy,inpainting", [("shared", False), ("separate", True)])
-def test_flow_forwards_are_graph_safe_after_the_first_step(tiny_model_dir, conditions, strategy, inpainting):
-    """Every processor runs here: the capture (separate and shared), the enhanced final sampling
-    (regions backend) and the default one of the structure flow; TRELLIS's own sampling too."""
+@pytest.mark.parametrize("strategy,inpainting,tokens", [("shared", False, "full"), ("separate", True, "full"),
+                                                       ("separate", False, "foreground")])
+def test_flow_forwards_are_graph_safe_after_the_first_step(tiny_model_dir, conditions, strategy, inpainting, tokens):
+    """Every processor runs here: the capture (separate and shared; with conditions of unequal
+    lengths, padded, as the foreground tokens give), the enhanced final sampling (regions backend)
+    and the default one of the structure flow; TRELLIS's own sampling too."""
     fuse3d = Fuse3D.from_pretrained(tiny_model_dir, device="cpu", progress=False)
     recorder = ForwardRecorder(fuse3d.trellis)
     try:
         g, locals_ = conditions
         fuse3d.run(g, locals_, seed=0, structure_steps=3, latent_steps=3, capture_strategy=strategy,
-                   inpainting=inpainting)
+                   inpainting=inpainting, capture_tokens=tokens)
     finally:
         recorder.close()
     assert len(recorder.calls["slat_flow"]) >= 10 and len({s for s, _ in recorder.calls["slat_flow"]}) >= 2
