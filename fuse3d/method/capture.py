@@ -101,9 +101,9 @@ class CaptureState:
 
     ``step_index`` is the sampler step on the device: :meth:`call_context` sets it before every
     network call, and processors pass it to :meth:`add`, so that a call replayed from a CUDA graph
-    adds to its own step's row. With every block and step captured (``blocks`` and ``steps`` None,
-    or any ``blocks``), a capture processor then does the same work at every conditional call, and
-    is replayable (:mod:`fuse3d.trellis.graphs`).
+    adds to its own step's row. With every step captured (``steps`` None; any ``blocks``), a capture
+    processor then does the same work at every conditional call, and is replayable
+    (:mod:`fuse3d.trellis.graphs`).
     """
 
     def __init__(self, targets: Sequence[CaptureTarget], num_heads: int, num_cells: int, num_blocks: int,

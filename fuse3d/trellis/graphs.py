@@ -16,9 +16,10 @@ spatial cache; ``tests/test_graphsafe.py``), which is what :class:`GraphedFlow` 
 
 A replay skips the Python of every attention processor, so only flows whose processors all do the
 same work at every call of a branch are graphed (:func:`replayable`): the default attention, and
-processors that say so with ``replayable = True`` (Fuse3D's enhancement, whose work depends on the
-CFG branch alone). Fuse3D's capture processors (running sums kept per step in Python) and the
-interventions (chosen steps) are not, so those samplings run eagerly. Opt in per pipeline
+processors that say so with ``replayable = True``: Fuse3D's enhancement (its work depends on the CFG
+branch alone) and its captures of every step (their per-step row comes from a device step index
+that the sampling's ``call_context`` sets outside the network call). A capture of chosen steps and
+the interventions decide per call in Python, so those samplings run eagerly. Opt in per pipeline
 (``TrellisPipeline.cuda_graphs``); nothing global changes.
 """
 from __future__ import annotations
