@@ -48,15 +48,13 @@ def plain_generation(run) -> tuple:
 def latent_forward_ms(run, batches=(1, 2)) -> dict:
     """Median ms (5 repeats) of one latent-flow forward on the run's voxels at each batch size: whether
     running a sampler step's conditional and unconditional passes as one batch of 2 would pay here."""
-    from fuse3d.trellis import SparseTensor
+    from fuse3d.trellis.sparse import SparseTensor, sparse_cat
 
     flow, coords = run.trellis.slat_flow, run.structure.int()
     cond = run.tokens(run.K)[None].float()
     out = {}
     for b in batches:
-        rows = torch.cat([torch.cat([torch.full((len(coords), 1), i, dtype=torch.int32), coords[:, -3:]], 1)
-                          for i in range(b)])
-        x = SparseTensor(torch.randn(len(rows), flow.in_channels), rows)
+        x = sparse_cat([SparseTensor(torch.randn(len(coords), flow.in_channels), coords) for _ in range(b)])
         t, c = torch.full((b,), 500.0), cond.expand(b, -1, -1)
         with torch.no_grad():
             out[b] = round(1e3 * measure(lambda: flow(x, t, c), "cpu", repeats=5, warmup=1).median, 1)

@@ -80,7 +80,8 @@ def main() -> None:
     report = {
         "model": local.model, "cases": len(sweep.cases), "settings": len(sweep.settings),
         "in_process_s": round(local_s, 1),
-        "ray_s": round(remote_s, 1), "ray_workers": args.workers, "ray_threads": executor.threads or torch.get_num_threads(), "ray_start_s": round(ray_start, 1),
+        "ray_s": round(remote_s, 1), "ray_workers": args.workers,
+        "ray_threads": executor.threads or torch.get_num_threads(), "ray_start_s": round(ray_start, 1),
         "speed_up": round(local_s / remote_s, 2),
         "per_case_s": {"median": round(float(np.median(per_case)), 2), "min": round(float(per_case.min()), 2),
                        "max": round(float(per_case.max()), 2)},

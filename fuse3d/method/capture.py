@@ -32,7 +32,7 @@ import torch
 
 from ..trellis.attention import use_attn_processors
 from ..trellis.sampler import CallTracker, ModelCall
-from ..trellis.sparse import SparseTensor
+from ..trellis.sparse import sparse_cat
 from .kernels import attention_logsumexp, sdpa
 
 STRATEGIES = ("separate", "shared")
@@ -371,13 +371,7 @@ def separate_capture(trellis, plan: CapturePlan, which: List[int], progress: boo
         cond[b, : it.tokens.shape[0]] = it.tokens
         key_mask[b, : it.tokens.shape[0]] = True
     ragged = not bool(key_mask.all())
-    noise_parts, coord_parts = [], []
-    for b, it in enumerate(items):
-        noise_parts.append(trellis.latent_noise(coords, it.noise_seed).feats)
-        c = coords.clone()
-        c[:, 0] = b
-        coord_parts.append(c)
-    noise = SparseTensor(torch.cat(noise_parts), torch.cat(coord_parts), len(items))
+    noise = sparse_cat([trellis.latent_noise(coords, it.noise_seed) for it in items])
     tracker = CallTracker()
     state = _state(plan, items, key_mask.to(dev) if ragged else None, dev)
     procs = {f"blocks.{b}.cross_attn": CaptureProcessor(state, tracker, b) for b in range(plan.num_blocks)}

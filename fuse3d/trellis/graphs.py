@@ -24,7 +24,7 @@ the interventions decide per call in Python, so those samplings run eagerly. Opt
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -76,16 +76,15 @@ class GraphedFlow:
     def __init__(self, flow: torch.nn.Module, record=record_cuda_graph, warm=on_side_stream):
         self.flow, self._record_fn, self._warm_fn = flow, record, warm
         self.replays = 0
-        self._warm: Dict[Tuple, bool] = {}
-        self._graphs: Dict[Tuple, tuple] = {}
+        self._graphs: Dict[Tuple, Optional[tuple]] = {}  # per branch: None after the eager call, then its graph
         self._pool = None
 
     def __call__(self, x, t: torch.Tensor, cond: torch.Tensor):
         key = (cond.data_ptr(), tuple(cond.shape), cond.dtype)
-        if key not in self._warm:
-            self._warm[key] = True
-            return self._warm_fn(lambda: self.flow(x, t, cond))
         if key not in self._graphs:
+            self._graphs[key] = None
+            return self._warm_fn(lambda: self.flow(x, t, cond))
+        if self._graphs[key] is None:
             self._graphs[key] = self._record(x, t, cond)
         replay, static_x, static_t, out = self._graphs[key]
         if isinstance(x, SparseTensor):
