@@ -2,7 +2,7 @@
 
     python bench/bench_fuse3d.py [--repeats 3] [--json out.json]   # TRELLIS-image-large architecture, random weights
     python bench/bench_fuse3d.py --model DIR --device cpu           # any TRELLIS-format folder (a CPU smoke run)
-    python bench/bench_fuse3d.py --cuda-graphs                      # plain samplings replayed as CUDA graphs
+    python bench/bench_fuse3d.py --cuda-graphs                      # every replayable sampling as CUDA graphs
 
 Every scenario is the median of ``--repeats`` runs, printed with its min–max, the GPU's busy time (its
 kernels' summed durations, one more run under the profiler) and the peak GPU memory:
@@ -153,7 +153,8 @@ def main():
     ap.add_argument("--skip-published", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--cuda-graphs", action="store_true",
-                    help="replay plain samplings' flow forwards as CUDA graphs (fuse3d.trellis.graphs)")
+                    help="replay the flow forwards of every replayable sampling (plain, capture, enhanced) as CUDA graphs "
+                         "(fuse3d.trellis.graphs)")
     args = ap.parse_args()
     dev, n = args.device, args.repeats
     torch.backends.cuda.matmul.allow_tf32 = True

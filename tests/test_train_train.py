@@ -12,7 +12,7 @@ from fuse3d.train.config import parse
 from fuse3d.train.data import make_objects
 from fuse3d.trellis import load_pipeline
 from fuse3d.trellis.architectures import SMALL, TINY
-from fuse3d.trellis.checkpoint import save_network, write_json
+from fuse3d.trellis.checkpoint import read_safetensors, save_network, write_json, write_safetensors
 
 
 @pytest.fixture(autouse=True)
@@ -172,11 +172,42 @@ def test_checkpoint_round_trip_keeps_networks_and_ema(tmp_path, encoder_prefix, 
             assert torch.allclose(a, b, atol=2e-3, rtol=1e-3)  # stored in fp16
     diff = [(a - b).abs().max() for a, b in zip(trainer.ema["slat_flow"].parameters(), fresh.ema["slat_flow"].parameters())]
     assert max(diff) < 2e-3
-    (trainer.ckpt / "ema.safetensors").unlink()  # a checkpoint carried without its EMA: averages restart
+    for part in trainer.ckpt.glob("ema.*.safetensors"):  # a checkpoint carried without its EMA: averages restart
+        part.unlink()
     again = T.Trainer(tiny_config(tmp_path, encoder_prefix), device="cpu")
     again.load()
     for name in T.FLOW_NETS:
         assert all(torch.equal(a, b) for a, b in zip(again.ema[name].parameters(), again.nets[name].parameters()))
+
+
+def test_a_chunk_writes_one_layout_and_updates_the_files_it_resumed_from(tmp_path, encoder_prefix, trainer):
+    """What lost a chunk's weights on 2026-12-07: the kept checkpoint is split by network
+    (``ema.NET.safetensors``); the chunk wrote a whole ``ema.safetensors`` beside those files, and
+    copying back the split names returned the old weights. A chunk now always writes the split
+    layout, replaces an older trainer's whole-group file, and a folder holding both is refused."""
+    trainer.save()
+    layout = sorted(f"{g}.{n}.safetensors" for g, names in {**T.CKPT_GROUPS, "ema": T.FLOW_NETS}.items() for n in names)
+    assert sorted(f.name for f in trainer.ckpt.glob("*.safetensors")) == layout
+    # an older trainer's checkpoint: the EMA as one whole-group file
+    ema_files = sorted(trainer.ckpt.glob("ema.*.safetensors"))
+    write_safetensors(trainer.ckpt / "ema.safetensors", {k: v for f in ema_files for k, v in read_safetensors(f).items()})
+    with pytest.raises(ValueError, match="one of them is stale"):
+        T.Trainer(tiny_config(tmp_path, encoder_prefix), device="cpu").load()
+    old = (trainer.ckpt / "ema.slat_flow.safetensors").read_bytes()
+    for f in ema_files:
+        f.unlink()
+    resumed = T.Trainer(tiny_config(tmp_path, encoder_prefix), device="cpu")
+    resumed.load()
+    with torch.no_grad():
+        for p in resumed.ema["slat_flow"].parameters():
+            p.add_(0.5)
+    resumed.save()
+    assert sorted(f.name for f in trainer.ckpt.glob("*.safetensors")) == layout
+    assert (trainer.ckpt / "ema.slat_flow.safetensors").read_bytes() != old
+    again = T.Trainer(tiny_config(tmp_path, encoder_prefix), device="cpu")
+    again.load()
+    assert all(torch.equal(a, b.half().float()) for a, b in
+               zip(again.ema["slat_flow"].parameters(), resumed.ema["slat_flow"].parameters()))
 
 
 def test_a_checkpoint_from_before_the_decoder_phase_resumes_with_none_of_it(tmp_path, encoder_prefix, trainer):
@@ -292,7 +323,8 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
     with pytest.raises(ValueError, match="needs the --encoder"):
         T.main(common + ["--minutes", "0", "--export", str(tmp_path / "model")])
     for group in ("flows", "ema"):  # kept without the untrained flows, as a small checkpoint
-        (work / "ckpt" / f"{group}.safetensors").unlink()
+        for part in (work / "ckpt").glob(f"{group}.*.safetensors"):
+            part.unlink()
     T.main(common + ["--encoder", str(encoder_prefix), "--minutes", "0.08"])
     second = json.loads((work / "ckpt" / "state.json").read_text())
     assert second["steps"]["flow"] > 0 and second["steps"]["vae"] == first["steps"]["vae"]
@@ -337,5 +369,5 @@ def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
         assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-3) for k in theirs), name
     for part in (work / "ckpt").glob("ema.*.safetensors"):  # kept split by network, each file small
         part.unlink()  # trained flows with neither the flows nor their averages: refused
-    with pytest.raises(ValueError, match="neither flows.safetensors nor ema.safetensors"):
+    with pytest.raises(ValueError, match=r"neither the flows \(flows.\*.safetensors\) nor their EMA"):
         T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder")), device="cpu").load()

@@ -323,6 +323,8 @@ class Trainer:
         self.save()
         print(f"saved {self.ckpt}: {self.state.steps}, seconds {self.state.seconds}, {self.state.objects} objects",
               flush=True)
+        print("checkpoint files (copy all of them to resume elsewhere):",
+              " ".join(sorted(f.name for f in self.ckpt.glob("*.safetensors")) + ["state.json"]), flush=True)
         if cfg.export and self.state.slat_normalization is not None:
             print("exported", self.export(Path(cfg.export)), flush=True)
 
@@ -366,13 +368,22 @@ class Trainer:
             self.run_phase("flow", self._trained_flows(), self.flow_losses, self.chunk_left)
 
     # ------------------------------------------------------------------ checkpoints and export
+    def _groups(self) -> Dict[str, Dict[str, torch.nn.Module]]:
+        """The checkpoint's groups: the autoencoders, the flows and the flows' EMA, by network."""
+        return {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
+
     def save(self) -> None:
-        """Networks and the flows' EMA in fp16 (small enough to travel between chunks) and the state."""
+        """Every network and the flows' EMA in fp16, one file per network (``GROUP.NET.safetensors``;
+        the largest, the small latent flow, is 6.5 MB, so each file travels between machines), then
+        the state. A chunk always writes this one layout and removes a whole-group file
+        (``GROUP.safetensors``) that an older trainer wrote, so the files a chunk updates are the
+        ones its checkpoint was loaded from, whatever was copied in."""
         self.ckpt.mkdir(parents=True, exist_ok=True)
-        groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
-        for group, modules in groups.items():
-            tensors = {f"{n}.{k}": v.half() for n, m in modules.items() for k, v in m.state_dict().items()}
-            write_safetensors(self.ckpt / f"{group}.safetensors", tensors)
+        for group, modules in self._groups().items():
+            for n, m in modules.items():
+                tensors = {f"{n}.{k}": v.half() for k, v in m.state_dict().items()}
+                write_safetensors(self.ckpt / f"{group}.{n}.safetensors", tensors)
+            (self.ckpt / f"{group}.safetensors").unlink(missing_ok=True)
         self.state.seeds = seed_ranges(seeds_in(self._trained_seeds) + [s.seed for s in self.data])
         self.state.objects = len(seeds_in(self.state.seeds))
         write_json(self.ckpt / "state.json", asdict(self.state))
@@ -381,8 +392,8 @@ class Trainer:
     def load(self) -> None:
         """Resume from the checkpoint (each group one file, or split by network, :meth:`_group_files`).
         Either flow file may be left behind to keep a checkpoint small:
-        without ``ema.safetensors`` the moving averages restart from the loaded flows; without
-        ``flows.safetensors`` the flows restart from their moving averages (before any flow step:
+        without the EMA's files the moving averages restart from the loaded flows; without the
+        flows' files the flows restart from their moving averages (before any flow step:
         from their initialisation)."""
         state = TrainState(**read_json(self.ckpt / "state.json"))
         for counter in (state.steps, state.seconds):  # written before the decoder phase existed
@@ -393,14 +404,14 @@ class Trainer:
         if state.encoder is not None and state.encoder != self.state.encoder:
             given = "no --encoder was given" if self.encoder is None else f"{self.config.encoder} is {self.state.encoder}"
             raise ValueError(f"{self.ckpt} was trained with another condition encoder ({state.encoder}); {given}")
-        groups = {**{g: {n: self.nets[n] for n in names} for g, names in CKPT_GROUPS.items()}, "ema": self.ema}
+        groups = self._groups()
         if not self._group_files("ema"):
             del groups["ema"]
         flows_from_ema = False
         if not self._group_files("flows"):
             if state.steps["flow"] > 0 and "ema" not in groups:
-                raise ValueError(f"{self.ckpt} has neither flows.safetensors nor ema.safetensors after "
-                                 f"{state.steps['flow']} flow steps")
+                raise ValueError(f"{self.ckpt} has neither the flows (flows.*.safetensors) nor their EMA "
+                                 f"(ema.*.safetensors) after {state.steps['flow']} flow steps")
             del groups["flows"]  # untrained flows, or trained ones kept only as their moving averages
             flows_from_ema = state.steps["flow"] > 0
         for group, modules in groups.items():
@@ -421,10 +432,15 @@ class Trainer:
         self.state = state
 
     def _group_files(self, group: str) -> List[Path]:
-        """A checkpoint group's files: ``GROUP.safetensors``, or the group split by network into
-        ``GROUP.NET.safetensors`` (to keep every file small)."""
+        """A checkpoint group's files: split by network (``GROUP.NET.safetensors``, what :meth:`save`
+        writes) or, from an older trainer, whole (``GROUP.safetensors``). Both at once means one is
+        stale, and which one cannot be told from the files: refused."""
         whole = self.ckpt / f"{group}.safetensors"
-        return [whole] if whole.is_file() else sorted(self.ckpt.glob(f"{group}.*.safetensors"))
+        split = sorted(self.ckpt.glob(f"{group}.*.safetensors"))
+        if whole.is_file() and split:
+            raise ValueError(f"{self.ckpt} holds {whole.name} and {', '.join(f.name for f in split)}: one of them is "
+                             f"stale; keep the files of the chunk that wrote state.json")
+        return [whole] if whole.is_file() else split
 
     def description(self) -> str:
         encoder = Path(self.config.encoder)
