@@ -2,7 +2,7 @@
 
     python bench/bench_fuse3d.py [--repeats 3] [--json out.json]   # TRELLIS-image-large architecture, random weights
     python bench/bench_fuse3d.py --model DIR --device cpu           # any TRELLIS-format folder (a CPU smoke run)
-    python bench/bench_fuse3d.py --cuda-graphs                      # every replayable sampling as CUDA graphs
+    python bench/bench_fuse3d.py --eager                            # no CUDA graphs (they are on by default)
 
 Every scenario is the median of ``--repeats`` runs, printed with its min–max, the GPU's busy time (its
 kernels' summed durations, one more run under the profiler) and the peak GPU memory:
@@ -152,14 +152,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of every scenario (median, min–max)")
     ap.add_argument("--skip-published", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--cuda-graphs", action="store_true",
-                    help="replay the flow forwards of every replayable sampling (plain, capture, enhanced) as CUDA graphs "
-                         "(fuse3d.trellis.graphs)")
+    ap.add_argument("--eager", action="store_true",
+                    help="run every sampling eagerly (by default, replayable samplings' flow forwards are replayed as "
+                         "CUDA graphs, fuse3d.trellis.graphs)")
     args = ap.parse_args()
     dev, n = args.device, args.repeats
     torch.backends.cuda.matmul.allow_tf32 = True
     trellis = load_pipeline(args.model, device=dev, progress=False) if args.model else full_size_pipeline(dev)
-    trellis.cuda_graphs = args.cuda_graphs
+    trellis.cuda_graphs = not args.eager
     spec = load_spec(example_spec("car"))
     coords = shell_structure(args.voxels).to(dev)
     results = {"device": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",

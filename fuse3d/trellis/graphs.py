@@ -19,8 +19,8 @@ same work at every call of a branch are graphed (:func:`replayable`): the defaul
 processors that say so with ``replayable = True``: Fuse3D's enhancement (its work depends on the CFG
 branch alone) and its captures of every step (their per-step row comes from a device step index
 that the sampling's ``call_context`` sets outside the network call). A capture of chosen steps and
-the interventions decide per call in Python, so those samplings run eagerly. Opt in per pipeline
-(``TrellisPipeline.cuda_graphs``); nothing global changes.
+the interventions decide per call in Python, so those samplings run eagerly. On by default on CUDA;
+``TrellisPipeline.cuda_graphs = False`` runs one pipeline eagerly; nothing global changes.
 """
 from __future__ import annotations
 
