@@ -12,13 +12,12 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
 
-from ..data import fit_view, random_object, random_view, render, voxelize
-from ..data import surface_normals
+from ..data import ObjectSpec, View, fit_view, random_object, random_view, render, surface_normals, voxelize
 from ..trellis.preprocess import preprocess_image
 from ..trellis.storage import atomic_write
 from .stream import SampleStream
@@ -53,19 +52,23 @@ class ObjectSample:
     corner_color: np.ndarray  # [F, 8, 3] float32
 
 
+def training_object(seed: int, views: int = 2) -> Tuple[ObjectSpec, List[View], np.random.Generator]:
+    """The object of training seed ``seed`` and the ``views`` it is rendered from, as
+    :func:`make_object` draws them; the generator is returned where :func:`make_object` goes on."""
+    rng = np.random.default_rng(seed)
+    spec = random_object(rng)
+    return spec, [fit_view(spec, random_view(rng), fill=float(rng.uniform(*FILL))) for _ in range(views)], rng
+
+
 def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size: int = RENDER_SIZE) -> ObjectSample:
     """One object's sample; its views are framed as the encoder's pre-training views are
     (:mod:`fuse3d.train.views`: the object spans 65–85 % of the frame, so the crop is rarely upscaled)."""
-    rng = np.random.default_rng(seed)
-    spec = random_object(rng)
+    spec, framed, rng = training_object(seed, views)
     vox = voxelize(spec)
     coords = vox.coords[:, 1:].astype(np.int16)
     centres = (coords + 0.5) / 64 - 0.5
-    images = []
-    for _ in range(views):
-        view = fit_view(spec, random_view(rng), fill=float(rng.uniform(*FILL)))
-        r = render(spec, view, size=render_size)
-        images.append(np.asarray(preprocess_image(Image.fromarray(r.rgba, "RGBA")).image))
+    images = [np.asarray(preprocess_image(Image.fromarray(render(spec, v, size=render_size).rgba, "RGBA")).image)
+              for v in framed]
     n_fine = len(coords) * 64
     fine_index = np.sort(rng.choice(n_fine, size=min(fine_samples, n_fine), replace=False))
     voxel, child = fine_index // 64, fine_index % 64

@@ -144,6 +144,32 @@ def seeds_in(ranges: List[List[int]]) -> List[int]:
 
 
 # ============================================================================ schedules
+def checkpoint_group_files(folder: Path, group: str) -> List[Path]:
+    """A checkpoint group's files in ``folder``: split by network (``GROUP.NET.safetensors``, what
+    :meth:`Trainer.save` writes) or, from an older trainer, whole (``GROUP.safetensors``). Both at once
+    means one is stale, and which one cannot be told from the files: refused."""
+    whole = Path(folder) / f"{group}.safetensors"
+    split = sorted(Path(folder).glob(f"{group}.*.safetensors"))
+    if whole.is_file() and split:
+        raise ValueError(f"{folder} holds {whole.name} and {', '.join(f.name for f in split)}: one of them is "
+                         f"stale; keep the files of the chunk that wrote state.json")
+    return [whole] if whole.is_file() else split
+
+
+def load_checkpoint_networks(folder: Path, names: List[str], device: str = "cpu") -> Dict[str, torch.nn.Module]:
+    """Networks ``names`` of a checkpoint folder's autoencoder group (``vae``), built by the
+    architecture its ``state.json`` names, in eval mode (a trainer is not needed to read them)."""
+    state = read_json(Path(folder) / "state.json")
+    arch = ARCHITECTURES[state["architecture"]]
+    tensors = {k: v for f in checkpoint_group_files(folder, "vae") for k, v in read_safetensors(f).items()}
+    nets = {}
+    for n in names:
+        net = arch.build(n, device)
+        net.load_state_dict({k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + ".")})
+        nets[n] = net.eval()
+    return nets
+
+
 def lr_at(step: int, progress: float, base: float, warmup: int = 200) -> float:
     """Linear warm-up over ``warmup`` steps (of this chunk), then cosine decay to 10 % over the phase's
     planned time (``progress`` ∈ [0, 1])."""
@@ -390,7 +416,7 @@ class Trainer:
         self._saved = time.time()
 
     def load(self) -> None:
-        """Resume from the checkpoint (each group one file, or split by network, :meth:`_group_files`).
+        """Resume from the checkpoint (each group one file, or split by network, :func:`checkpoint_group_files`).
         Either flow file may be left behind to keep a checkpoint small:
         without the EMA's files the moving averages restart from the loaded flows; without the
         flows' files the flows restart from their moving averages (before any flow step:
@@ -432,15 +458,7 @@ class Trainer:
         self.state = state
 
     def _group_files(self, group: str) -> List[Path]:
-        """A checkpoint group's files: split by network (``GROUP.NET.safetensors``, what :meth:`save`
-        writes) or, from an older trainer, whole (``GROUP.safetensors``). Both at once means one is
-        stale, and which one cannot be told from the files: refused."""
-        whole = self.ckpt / f"{group}.safetensors"
-        split = sorted(self.ckpt.glob(f"{group}.*.safetensors"))
-        if whole.is_file() and split:
-            raise ValueError(f"{self.ckpt} holds {whole.name} and {', '.join(f.name for f in split)}: one of them is "
-                             f"stale; keep the files of the chunk that wrote state.json")
-        return [whole] if whole.is_file() else split
+        return checkpoint_group_files(self.ckpt, group)
 
     def description(self) -> str:
         encoder = Path(self.config.encoder)
