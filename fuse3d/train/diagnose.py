@@ -136,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--objects", choices=("examples", "training"), default="examples",
                     help="the seeds' Fuse3D examples, or the objects training draws for them")
     ap.add_argument("--views", type=int, default=6, help="new random views per object")
-    ap.add_argument("--grid", type=parse_grid, default=[], help="sampler settings STEPS/CFG,… for the global view")
+    ap.add_argument("--grid", type=parse_grid, default=[], help="sampler settings STEPS/CFG,… for the first given view")
     ap.add_argument("--out", default=None, help="write the full results here (JSON)")
     args = ap.parse_args(argv)
     pipe = Fuse3D.from_pretrained(args.model, progress=False)

@@ -143,7 +143,7 @@ def seeds_in(ranges: List[List[int]]) -> List[int]:
     return [s for a, b in ranges for s in range(a, b)]
 
 
-# ============================================================================ schedules
+# ============================================================================ checkpoint files
 def checkpoint_group_files(folder: Path, group: str) -> List[Path]:
     """A checkpoint group's files in ``folder``: split by network (``GROUP.NET.safetensors``, what
     :meth:`Trainer.save` writes) or, from an older trainer, whole (``GROUP.safetensors``). Both at once
@@ -170,6 +170,7 @@ def load_checkpoint_networks(folder: Path, names: List[str], device: str = "cpu"
     return nets
 
 
+# ============================================================================ schedules
 def lr_at(step: int, progress: float, base: float, warmup: int = 200) -> float:
     """Linear warm-up over ``warmup`` steps (of this chunk), then cosine decay to 10 % over the phase's
     planned time (``progress`` ∈ [0, 1])."""
