@@ -52,12 +52,22 @@ class ObjectSample:
     corner_color: np.ndarray  # [F, 8, 3] float32
 
 
+def training_view(spec: ObjectSpec, rng: np.random.Generator) -> View:
+    """A random view of ``spec`` framed as training frames its condition images (:data:`FILL`)."""
+    return fit_view(spec, random_view(rng), fill=float(rng.uniform(*FILL)))
+
+
+def condition_image(spec: ObjectSpec, view: View, size: int = RENDER_SIZE) -> np.ndarray:
+    """``[518, 518, 3]`` uint8: a render of ``spec`` preprocessed as at inference (TRELLIS crop → 518²)."""
+    return np.asarray(preprocess_image(Image.fromarray(render(spec, view, size=size).rgba, "RGBA")).image)
+
+
 def training_object(seed: int, views: int = 2) -> Tuple[ObjectSpec, List[View], np.random.Generator]:
     """The object of training seed ``seed`` and the ``views`` it is rendered from, as
     :func:`make_object` draws them; the generator is returned where :func:`make_object` goes on."""
     rng = np.random.default_rng(seed)
     spec = random_object(rng)
-    return spec, [fit_view(spec, random_view(rng), fill=float(rng.uniform(*FILL))) for _ in range(views)], rng
+    return spec, [training_view(spec, rng) for _ in range(views)], rng
 
 
 def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size: int = RENDER_SIZE) -> ObjectSample:
@@ -67,8 +77,7 @@ def make_object(seed: int, views: int = 2, fine_samples: int = 4096, render_size
     vox = voxelize(spec)
     coords = vox.coords[:, 1:].astype(np.int16)
     centres = (coords + 0.5) / 64 - 0.5
-    images = [np.asarray(preprocess_image(Image.fromarray(render(spec, v, size=render_size).rgba, "RGBA")).image)
-              for v in framed]
+    images = [condition_image(spec, v, render_size) for v in framed]
     n_fine = len(coords) * 64
     fine_index = np.sort(rng.choice(n_fine, size=min(fine_samples, n_fine), replace=False))
     voxel, child = fine_index // 64, fine_index % 64

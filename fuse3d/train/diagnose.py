@@ -12,7 +12,7 @@ draws for those seeds (:func:`fuse3d.train.data.training_object`, ``--objects tr
    the structure encoder and decoder. Below 1, the autoencoder bounds what any flow can reach.
 2. **views**: the structure sampled from the *given* views — the example's global image (a 3/4 view,
    as the evaluation uses), or the two renders a training object was trained on — against the mean
-   over ``--views`` new random views framed as training frames them (:data:`fuse3d.train.views.FILL`),
+   over ``--views`` new random views framed as training frames them (:func:`fuse3d.train.data.training_view`),
    all rendered at the training size. Given ≫ new on training objects means memorised images; a
    gap on examples means the evaluation's views lie outside what the flow learned; neither, with
    low scores on training objects too, means the flow underfits.
@@ -30,10 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..data import View, fit_view, make_example_set, random_view, render, voxelize
+from ..data import View, make_example_set, voxelize
 from ..metrics import voxel_f_score
-from .data import training_object
-from .views import FILL, RENDER_SIZE
+from .data import condition_image, training_object, training_view
 
 
 def _f(pred: torch.Tensor, true: np.ndarray) -> float:
@@ -44,9 +43,7 @@ def structure_from_view(trellis, spec, view: View, seed: int = 0, **params) -> t
     """The structure ``[N, 4]`` sampled from one render of ``spec``, preprocessed as training's are."""
     from PIL import Image
 
-    from ..trellis.preprocess import preprocess_image
-
-    image = preprocess_image(Image.fromarray(render(spec, view, RENDER_SIZE).rgba, "RGBA")).image
+    image = Image.fromarray(condition_image(spec, view))
     return trellis.sample_structure(trellis.encode_images([image]), seed=seed, progress=False, **params)
 
 
@@ -94,7 +91,7 @@ def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple
             row["autoencoder"] = autoencoder_f_score(*autoencoder, true)
         row["given_views"] = [_f(structure_from_view(trellis, spec, v), true) for v in given]
         rng = np.random.default_rng([seed, 1])  # views neither the example nor training drew
-        new_views = [fit_view(spec, random_view(rng), fill=float(rng.uniform(*FILL))) for _ in range(views)]
+        new_views = [training_view(spec, rng) for _ in range(views)]
         row["new_views"] = [_f(structure_from_view(trellis, spec, v), true) for v in new_views]
         row["sampler"] = {f"{s}/{c:g}": _f(structure_from_view(trellis, spec, given[0], steps=s, cfg_strength=c), true)
                           for s, c in grid}

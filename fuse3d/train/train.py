@@ -156,18 +156,20 @@ def checkpoint_group_files(folder: Path, group: str) -> List[Path]:
     return [whole] if whole.is_file() else split
 
 
+def load_group(folder: Path, group: str, modules: Dict[str, torch.nn.Module]) -> None:
+    """Load ``modules`` (by network name) from a checkpoint group's files (keys ``NET.param``)."""
+    tensors = {k: v for f in checkpoint_group_files(folder, group) for k, v in read_safetensors(f).items()}
+    for n, m in modules.items():
+        m.load_state_dict({k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + ".")})
+
+
 def load_checkpoint_networks(folder: Path, names: List[str], device: str = "cpu") -> Dict[str, torch.nn.Module]:
     """Networks ``names`` of a checkpoint folder's autoencoder group (``vae``), built by the
     architecture its ``state.json`` names, in eval mode (a trainer is not needed to read them)."""
-    state = read_json(Path(folder) / "state.json")
-    arch = ARCHITECTURES[state["architecture"]]
-    tensors = {k: v for f in checkpoint_group_files(folder, "vae") for k, v in read_safetensors(f).items()}
-    nets = {}
-    for n in names:
-        net = arch.build(n, device)
-        net.load_state_dict({k[len(n) + 1:]: v for k, v in tensors.items() if k.startswith(n + ".")})
-        nets[n] = net.eval()
-    return nets
+    arch = ARCHITECTURES[read_json(Path(folder) / "state.json")["architecture"]]
+    nets = {n: arch.build(n, device) for n in names}
+    load_group(folder, "vae", nets)
+    return {n: net.eval() for n, net in nets.items()}
 
 
 # ============================================================================ schedules
@@ -442,10 +444,7 @@ class Trainer:
             del groups["flows"]  # untrained flows, or trained ones kept only as their moving averages
             flows_from_ema = state.steps["flow"] > 0
         for group, modules in groups.items():
-            tensors = {k: v for f in self._group_files(group) for k, v in read_safetensors(f).items()}
-            for n, m in modules.items():
-                prefix = n + "."
-                m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            load_group(self.ckpt, group, modules)
         if "ema" not in groups:
             for n, m in self.ema.items():
                 m.load_state_dict(self.nets[n].state_dict())
