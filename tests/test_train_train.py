@@ -158,6 +158,20 @@ def test_flows_ss_trains_the_structure_flow_alone(tmp_path, encoder_prefix, obje
     assert set(t.flow_losses(np.array([0, 1, 2]))) == {"ss_flow"} and t._trained_flows() == ["ss_flow"]
 
 
+def test_time_mean_sets_where_the_flows_train(tmp_path, encoder_prefix, objects, monkeypatch):
+    torch.manual_seed(0)
+    for mean in (1.0, 0.0, -1.0):  # the median time of a logit-normal is sigmoid(mean)
+        assert L.sample_times(20000, "cpu", mean).median().item() == pytest.approx(torch.sigmoid(torch.tensor(mean)).item(), abs=0.01)
+    assert parse(T.TrainConfig, ["--work", "w", "--time-mean", "-0.5"]).time_mean == -0.5
+    seen = []
+    monkeypatch.setattr(T, "sample_times", lambda b, device, mean=1.0: seen.append(mean) or L.sample_times(b, device, mean))
+    t = T.Trainer(tiny_config(tmp_path, encoder_prefix, flows="ss", time_mean=-0.5), device="cpu")
+    t.data = objects
+    _flow_ready(t, objects)
+    t.flow_losses(np.array([0, 1, 2]))
+    assert seen == [-0.5]
+
+
 def test_checkpoint_round_trip_keeps_networks_and_ema(tmp_path, encoder_prefix, trainer):
     with torch.no_grad():
         for p in trainer.ema["slat_flow"].parameters():

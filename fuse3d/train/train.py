@@ -18,7 +18,7 @@ learning rate up again) and resume from it, in two phases that split ``--total-m
    Gaussians (colour, scale, opacity) and the mesh decoder (exact signed distances and colours at the
    cube corners of the 4× finer voxels, from the procedural shapes).
 2. **flows** (the rest): the structure flow and the latent flow (``--flows``) with rectified-flow
-   losses (logit-normal times of mean 1, as TRELLIS trains) on the frozen autoencoders' latents,
+   losses (logit-normal times of mean ``--time-mean``, 1 as TRELLIS trains) on the frozen autoencoders' latents,
    conditioned on the frozen tokens (10 % of conditions dropped to zeros, for classifier-free
    guidance). An exponential moving average of each flow is what gets exported.
 
@@ -90,6 +90,8 @@ class TrainConfig:
     ss_batch: int = option(96, "structure-flow batch (its steps are cheap next to the latent flow's)")
     lr: float = option(3e-4, "peak learning rate (AdamW)")
     flows: str = option("ss,slat", "which flows the flow phase trains: ss, slat or both")
+    time_mean: float = option(1.0, "mean of the flows' logit-normal training times (1: TRELLIS's setting, most times at "
+                                   "high noise; lower trains the low noise that places fine shape more)")
     bf16: bool = option(True, "bfloat16 autocast for the flows on CUDA (the sparse convolutions' sparse path stays "
                               "float32; a CPU runs float32, where bfloat16 3D convolutions are about 100x slower)")
     dense_conv: bool = option(True, "train the latent flow's 64³ convolutions through a dense grid (exact, faster on a GPU)")
@@ -248,7 +250,7 @@ class Trainer:
         n_slat = self.config.flow_batch
         x0_ss, tokens, x0_slat = self.flow_data.batch(idx, self.rng, n_slat)
         cond = condition_dropout(tokens)
-        t = sample_times(len(idx), self.device)
+        t = sample_times(len(idx), self.device, self.config.time_mean)
         out = {}
         with self.autocast(), dense_convolutions(self.nets["slat_flow"], self.config.dense_conv):
             if "ss" in self.config.flow_names:
@@ -296,7 +298,7 @@ class Trainer:
             steps = self.state.steps[phase]
             if steps % 50 == 0 or local <= 2:
                 row = {"phase": phase, "step": steps, "s_per_step": round(self.state.seconds[phase] / steps, 3),
-                       "objects": len(self.data),
+                       "objects": len(self.data), **({"time_mean": self.config.time_mean} if phase == "flow" else {}),
                        **{k: round(v, 4) for k, v in losses.items()}}
                 print(row, flush=True)
                 if steps % 50 == 0:
