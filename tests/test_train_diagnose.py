@@ -16,6 +16,10 @@ def test_grid_parses_and_says_what_it_takes():
     assert D.parse_grid("12/3,25/7.5") == [(12, 3.0), (25, 7.5)]
     with pytest.raises(ValueError, match="STEPS/CFG pairs"):
         D.parse_grid("12:3")
+    assert D.parse_tolerances("2,3") == [2.0, 3.0]
+    for bad in ("2;3", "-1"):
+        with pytest.raises(ValueError, match="voxel distances"):
+            D.parse_tolerances(bad)
 
 
 def test_the_autoencoder_is_read_from_a_checkpoint_folder_of_any_name(tmp_path):
@@ -35,7 +39,7 @@ def test_the_autoencoder_is_read_from_a_checkpoint_folder_of_any_name(tmp_path):
 
 def test_diagnose_scores_each_view_and_setting_of_each_seed(tiny_model_dir):
     trellis = load_pipeline(tiny_model_dir, device="cpu", progress=False)
-    result = D.diagnose(trellis, [910000], views=2, grid=[(2, 0.0)], progress=False)
+    result = D.diagnose(trellis, [910000], views=2, grid=[(2, 0.0)], progress=False, tolerances=[1, 3])
     row = result["per_seed"][0]
     assert row["seed"] == 910000 and row["kind"] == make_example_set(910000)["kind"]
     assert len(row["given_views"]) == 1 and len(row["new_views"]) == 2 and set(row["sampler"]) == {"2/0"}
@@ -45,6 +49,11 @@ def test_diagnose_scores_each_view_and_setting_of_each_seed(tiny_model_dir):
     true = np.asarray(voxelize(ex["spec"]).coords)[:, 1:].astype(np.int64)
     again = D._f(D.structure_from_view(trellis, ex["spec"], ex["global"]["view"]), true)
     assert row["given_views"] == [again]
+    # a wider matching distance scores the same structure; at one voxel it is the plain F-score
+    wide = row["given_views_by_tolerance"]
+    assert wide["1"] == [again] and wide["3"][0] >= again
+    assert wide["3"] == [D._f(D.structure_from_view(trellis, ex["spec"], ex["global"]["view"]), true, 3)]
+    assert result["summary"]["given_views_by_tolerance"] == {"1": again, "3": wide["3"][0]}
     assert result["summary"]["new_views"] == pytest.approx(np.mean(row["new_views"]))
     assert "autoencoder" not in result["summary"]
 

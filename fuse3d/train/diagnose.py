@@ -1,7 +1,8 @@
 """What limits a model's sampled structure: three measurements, each apart from the others.
 
     python -m fuse3d.train.diagnose [--model PATH] [--seeds 910000:910008] [--objects examples|training]
-                                    [--checkpoint DIR] [--views 6] [--grid 12/3,12/0,25/3] [--out diagnosis.json]
+                                    [--checkpoint DIR] [--views 6] [--grid 12/3,12/0,25/3] [--tolerances 2,3]
+                                    [--out diagnosis.json]
 
 All three score the structure by the F-score at one voxel against the object's true 64³ surface
 (as ``fuse3d.train.evaluate`` does). The objects are the seeds' Fuse3D examples
@@ -17,6 +18,10 @@ draws for those seeds (:func:`fuse3d.train.data.training_object`, ``--objects tr
    gap on examples means the evaluation's views lie outside what the flow learned; neither, with
    low scores on training objects too, means the flow underfits.
 3. **sampler**: the first given view's structure for each ``steps/cfg_strength`` of ``--grid``.
+
+``--tolerances`` adds the given views' F-scores at wider matching distances (in voxels): a structure
+that scores low at one voxel and high at two or three has the right shape in the wrong place by a
+voxel or so (fine detail); one that stays low has the wrong shape.
 
 The seeds default to the tuning seeds: a diagnosis chooses what to train next, so it never reads the
 test seeds by default. Runs on the CPU in a few minutes for the small model.
@@ -35,8 +40,8 @@ from ..metrics import voxel_f_score
 from .data import condition_image, training_object, training_view
 
 
-def _f(pred: torch.Tensor, true: np.ndarray) -> float:
-    return float(voxel_f_score(pred[:, 1:].cpu().numpy(), true)["f_score"])
+def _f(pred: torch.Tensor, true: np.ndarray, tolerance: float = 1.0) -> float:
+    return float(voxel_f_score(pred[:, 1:].cpu().numpy(), true, tolerance)["f_score"])
 
 
 def structure_from_view(trellis, spec, view: View, seed: int = 0, **params) -> torch.Tensor:
@@ -54,6 +59,17 @@ def autoencoder_f_score(ss_encoder, ss_decoder, true: np.ndarray) -> float:
     with torch.no_grad():
         logits = ss_decoder(ss_encoder(occ))
     return _f(torch.argwhere(logits[:, 0] > 0).int(), true)
+
+
+def parse_tolerances(text: str) -> List[float]:
+    """``"2,3"`` → ``[2.0, 3.0]`` (matching distances in voxels, each ≥ 0)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = [-1.0]
+    if any(v < 0 for v in values):
+        raise ValueError(f"--tolerances takes voxel distances ≥ 0 separated by commas, e.g. 2,3; got {text!r}")
+    return values
 
 
 def parse_grid(text: str) -> List[Tuple[int, float]]:
@@ -78,7 +94,8 @@ def diagnosed_object(seed: int, objects: str = "examples") -> tuple:
 
 @torch.no_grad()
 def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple[int, float]] = (),
-             autoencoder: Optional[tuple] = None, objects: str = "examples", progress: bool = True) -> Dict[str, object]:
+             autoencoder: Optional[tuple] = None, objects: str = "examples", progress: bool = True,
+             tolerances: Sequence[float] = ()) -> Dict[str, object]:
     """Per seed and in the mean: the F-scores of the module docstring."""
     from tqdm.auto import tqdm
 
@@ -89,7 +106,9 @@ def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple
         row: Dict[str, object] = {"seed": seed, "kind": kind}
         if autoencoder is not None:
             row["autoencoder"] = autoencoder_f_score(*autoencoder, true)
-        row["given_views"] = [_f(structure_from_view(trellis, spec, v), true) for v in given]
+        structures = [structure_from_view(trellis, spec, v) for v in given]
+        row["given_views"] = [_f(s, true) for s in structures]
+        row["given_views_by_tolerance"] = {f"{t:g}": [_f(s, true, t) for s in structures] for t in tolerances}
         rng = np.random.default_rng([seed, 1])  # views neither the example nor training drew
         new_views = [training_view(spec, rng) for _ in range(views)]
         row["new_views"] = [_f(structure_from_view(trellis, spec, v), true) for v in new_views]
@@ -102,6 +121,8 @@ def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple
 
     summary = {"objects": objects,
                "given_views": mean(np.mean(r["given_views"]) for r in rows),
+               "given_views_by_tolerance": {k: mean(np.mean(r["given_views_by_tolerance"][k]) for r in rows)
+                                            for k in (rows[0]["given_views_by_tolerance"] if rows else {})},
                "new_views": mean(np.mean(r["new_views"]) for r in rows) if views else None,
                "sampler": {k: mean(r["sampler"][k] for r in rows) for k in rows[0]["sampler"]} if rows else {}}
     if autoencoder is not None:
@@ -134,12 +155,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     help="the seeds' Fuse3D examples, or the objects training draws for them")
     ap.add_argument("--views", type=int, default=6, help="new random views per object")
     ap.add_argument("--grid", type=parse_grid, default=[], help="sampler settings STEPS/CFG,… for the first given view")
+    ap.add_argument("--tolerances", type=parse_tolerances, default=[],
+                    help="also score the given views at these matching distances in voxels, e.g. 2,3")
     ap.add_argument("--out", default=None, help="write the full results here (JSON)")
     args = ap.parse_args(argv)
     pipe = Fuse3D.from_pretrained(args.model, progress=False)
     autoencoder = load_structure_autoencoder(args.checkpoint) if args.checkpoint else None
     result = {"model": pipe.model_name, "seeds": [args.seeds.start, args.seeds.stop],
-              **diagnose(pipe.trellis, args.seeds, args.views, args.grid, autoencoder, args.objects)}
+              **diagnose(pipe.trellis, args.seeds, args.views, args.grid, autoencoder, args.objects,
+                         tolerances=args.tolerances)}
     print(f"model: {pipe.model_name}")
     print(json.dumps(result["summary"], indent=1))
     if args.out:
