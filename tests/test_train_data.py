@@ -66,3 +66,34 @@ def test_a_closed_stream_stops_and_writes_no_partial_cache(tmp_path):
     stream.close()
     assert first and not stream.more and stream.ready() == []
     assert not list(tmp_path.glob("objects-*.safetensors"))
+
+
+def _build_and_record(folder, seed):
+    """A builder that leaves a file per seed it built (module level: the pool pickles it)."""
+    import time
+    from pathlib import Path
+
+    time.sleep(0.02)
+    Path(folder, str(seed)).touch()
+    return [seed]
+
+
+def test_closing_a_stream_drops_the_seeds_not_yet_started(tmp_path):
+    """A chunk ends while seeds are still queued: they must not be built before the process can exit.
+
+    ``ProcessPoolExecutor.shutdown(wait=False, cancel_futures=True)`` alone, with the pool dropped
+    at once, let every queued seed be built, and interpreter exit waited for them (a chunk of 6 000
+    seeds hung past its call's time limit)."""
+    from functools import partial
+
+    from fuse3d.train.stream import SampleStream
+
+    import multiprocessing
+
+    stream = SampleStream(partial(_build_and_record, str(tmp_path)), list(range(400)), workers=2)
+    stream.ready(wait=True)
+    stream.close()  # and the stream's pool is dropped, as at the end of a chunk
+    for worker in multiprocessing.active_children():  # what interpreter exit waits for
+        worker.join(timeout=60)
+    built = len(list(tmp_path.iterdir()))
+    assert 1 <= built < 100, f"{built} of 400 seeds were built after the stream was closed"

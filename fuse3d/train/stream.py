@@ -94,6 +94,11 @@ class SampleStream(Generic[T]):
     def close(self) -> None:
         """Stop building (the seeds not yet built are dropped); safe to call twice."""
         if self.pool is not None:
+            # Cancelled here: shutdown(cancel_futures=True) alone does not cancel them once the pool is
+            # dropped at once, as below, and interpreter exit then waited for every queued seed to be
+            # built (tests/test_train_data.py::test_closing_a_stream_drops_the_seeds_not_yet_started).
+            for f in self.pending:
+                f.cancel()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
             self.pending = []
