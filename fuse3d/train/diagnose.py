@@ -21,7 +21,10 @@ draws for those seeds (:func:`fuse3d.train.data.training_object`, ``--objects tr
 
 ``--tolerances`` adds the given views' F-scores at wider matching distances (in voxels): a structure
 that scores low at one voxel and high at two or three has the right shape in the wrong place by a
-voxel or so (fine detail); one that stays low has the wrong shape.
+voxel or so (fine detail); one that stays low has the wrong shape. Each given view's structure also
+records its bounding-box extents against the true ones (``extents``, voxels along x, y, z): a flow
+that draws every object of a kind at the kind's usual proportions, whatever the image shows, gets
+the kind right and the extents wrong.
 
 The seeds default to the tuning seeds: a diagnosis chooses what to train next, so it never reads the
 test seeds by default. Runs on the CPU in a few minutes for the small model.
@@ -42,6 +45,11 @@ from .data import condition_image, training_object, training_view
 
 def _f(pred: torch.Tensor, true: np.ndarray, tolerance: float = 1.0) -> float:
     return float(voxel_f_score(pred[:, 1:].cpu().numpy(), true, tolerance)["f_score"])
+
+
+def extents(coords: np.ndarray) -> List[int]:
+    """Bounding-box extents ``[x, y, z]`` in voxels of voxel coords ``[N, 3]`` (zeros when empty)."""
+    return [0, 0, 0] if len(coords) == 0 else [int(v) for v in coords.max(0) - coords.min(0) + 1]
 
 
 def structure_from_view(trellis, spec, view: View, seed: int = 0, **params) -> torch.Tensor:
@@ -109,6 +117,7 @@ def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple
         structures = [structure_from_view(trellis, spec, v) for v in given]
         row["given_views"] = [_f(s, true) for s in structures]
         row["given_views_by_tolerance"] = {f"{t:g}": [_f(s, true, t) for s in structures] for t in tolerances}
+        row["extents"] = {"true": extents(true), "given_views": [extents(s[:, 1:].cpu().numpy()) for s in structures]}
         rng = np.random.default_rng([seed, 1])  # views neither the example nor training drew
         new_views = [training_view(spec, rng) for _ in range(views)]
         row["new_views"] = [_f(structure_from_view(trellis, spec, v), true) for v in new_views]
@@ -123,6 +132,8 @@ def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple
                "given_views": mean(np.mean(r["given_views"]) for r in rows),
                "given_views_by_tolerance": {k: mean(np.mean(r["given_views_by_tolerance"][k]) for r in rows)
                                             for k in (rows[0]["given_views_by_tolerance"] if rows else {})},
+               "extent_error_voxels": mean(np.abs(np.subtract(e, r["extents"]["true"])).mean()
+                                           for r in rows for e in r["extents"]["given_views"]),
                "new_views": mean(np.mean(r["new_views"]) for r in rows) if views else None,
                "sampler": {k: mean(r["sampler"][k] for r in rows) for k in rows[0]["sampler"]} if rows else {}}
     if autoencoder is not None:
