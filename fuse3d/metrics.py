@@ -42,6 +42,11 @@ def voxel_f_score(pred: np.ndarray, truth: np.ndarray, tolerance: float = 1.0) -
     return {"precision": precision, "recall": recall, "f_score": f}
 
 
+def voxel_extents(coords: np.ndarray) -> List[int]:
+    """Bounding-box extents ``[x, y, z]`` in voxels of voxel coords ``[N, 3]`` (zeros when empty)."""
+    return [0, 0, 0] if len(coords) == 0 else [int(v) for v in np.max(coords, 0) - np.min(coords, 0) + 1]
+
+
 def alignment_table(run, truth: Sequence[np.ndarray], head_sets: Iterable[Sequence[int]],
                     thresholds: Iterable[float], refine: bool = True) -> List[dict]:
     """One row per (heads, threshold, local): IoU, precision and recall of the aligned voxels.

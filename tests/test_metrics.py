@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fuse3d.metrics import iou, part_color_error, voxel_f_score, voxel_iou
+from fuse3d.metrics import iou, part_color_error, voxel_extents, voxel_f_score, voxel_iou
 
 
 def cube(offset=0, n=4):
@@ -22,6 +22,11 @@ def test_voxel_iou_and_tolerant_f_score():
     assert voxel_f_score(a, far)["f_score"] == 0.0
     half = voxel_f_score(a[:32], a)  # predicted half of the cube: precise; recall counts the tolerance
     assert half["precision"] == 1.0 and 0.5 < half["recall"] < 1.0
+
+
+def test_voxel_extents_are_the_bounding_box_in_voxels():
+    assert voxel_extents(np.array([[3, 4, 5], [10, 4, 7]])) == [8, 1, 3]
+    assert voxel_extents(np.zeros((0, 3), np.int64)) == [0, 0, 0]
 
 
 def test_part_color_error_averages_parts_not_voxels():

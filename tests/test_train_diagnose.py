@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from fuse3d.data import make_example_set, render, voxelize
+from fuse3d.metrics import voxel_extents
 from fuse3d.train import diagnose as D
 from fuse3d.train import train as T
 from fuse3d.train.data import make_object
@@ -55,17 +56,12 @@ def test_diagnose_scores_each_view_and_setting_of_each_seed(tiny_model_dir):
     assert wide["3"] == [D._f(D.structure_from_view(trellis, ex["spec"], ex["global"]["view"]), true, 3)]
     assert result["summary"]["given_views_by_tolerance"] == {"1": again, "3": wide["3"][0]}
     # extents: the true object's and the given view's structure's, and their mean absolute difference
-    assert row["extents"]["true"] == D.extents(true)
-    sampled = D.extents(D.structure_from_view(trellis, ex["spec"], ex["global"]["view"])[:, 1:].numpy())
+    assert row["extents"]["true"] == voxel_extents(true)
+    sampled = voxel_extents(D.structure_from_view(trellis, ex["spec"], ex["global"]["view"])[:, 1:].numpy())
     assert row["extents"]["given_views"] == [sampled]
-    assert result["summary"]["extent_error_voxels"] == pytest.approx(np.abs(np.subtract(sampled, D.extents(true))).mean())
+    assert result["summary"]["extent_error_voxels"] == pytest.approx(np.abs(np.subtract(sampled, voxel_extents(true))).mean())
     assert result["summary"]["new_views"] == pytest.approx(np.mean(row["new_views"]))
     assert "autoencoder" not in result["summary"]
-
-
-def test_extents_are_the_bounding_box_in_voxels():
-    assert D.extents(np.array([[3, 4, 5], [10, 4, 7]])) == [8, 1, 3]
-    assert D.extents(np.zeros((0, 3), np.int64)) == [0, 0, 0]
 
 
 def test_training_objects_are_the_ones_the_trainer_renders():

@@ -39,17 +39,12 @@ import numpy as np
 import torch
 
 from ..data import View, make_example_set, voxelize
-from ..metrics import voxel_f_score
+from ..metrics import voxel_extents, voxel_f_score
 from .data import condition_image, training_object, training_view
 
 
 def _f(pred: torch.Tensor, true: np.ndarray, tolerance: float = 1.0) -> float:
     return float(voxel_f_score(pred[:, 1:].cpu().numpy(), true, tolerance)["f_score"])
-
-
-def extents(coords: np.ndarray) -> List[int]:
-    """Bounding-box extents ``[x, y, z]`` in voxels of voxel coords ``[N, 3]`` (zeros when empty)."""
-    return [0, 0, 0] if len(coords) == 0 else [int(v) for v in coords.max(0) - coords.min(0) + 1]
 
 
 def structure_from_view(trellis, spec, view: View, seed: int = 0, **params) -> torch.Tensor:
@@ -117,7 +112,8 @@ def diagnose(trellis, seeds: Sequence[int], views: int = 6, grid: Sequence[Tuple
         structures = [structure_from_view(trellis, spec, v) for v in given]
         row["given_views"] = [_f(s, true) for s in structures]
         row["given_views_by_tolerance"] = {f"{t:g}": [_f(s, true, t) for s in structures] for t in tolerances}
-        row["extents"] = {"true": extents(true), "given_views": [extents(s[:, 1:].cpu().numpy()) for s in structures]}
+        row["extents"] = {"true": voxel_extents(true),
+                          "given_views": [voxel_extents(s[:, 1:].cpu().numpy()) for s in structures]}
         rng = np.random.default_rng([seed, 1])  # views neither the example nor training drew
         new_views = [training_view(spec, rng) for _ in range(views)]
         row["new_views"] = [_f(structure_from_view(trellis, spec, v), true) for v in new_views]

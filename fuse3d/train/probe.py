@@ -10,7 +10,12 @@ For each encoder, tokens of renders of the ``--fit-seeds`` objects fit the probe
 - ``part_accuracy``: softmax regression of the patch's main part category (:data:`PART_CATEGORIES`),
   beside ``part_majority`` (always guessing the commonest category);
 - ``albedo_r2``, ``normal_r2``, ``position_r2``: ridge regression, R² over the three channels;
-- ``kind_accuracy``: softmax regression of the object's kind from the CLS token.
+- ``kind_accuracy``: softmax regression of the object's kind from the CLS token;
+- ``extents_r2``: ridge regression (α = 100: there is one row per image, not per patch) of the
+  object's bounding-box extents in the 64³ grid from the CLS token and the mean patch token, beside
+  ``extents_r2_kind``, the R² of guessing each kind's mean extents. The structure flow must read an
+  object's proportions off the tokens; a score near the kind's means says they carry little more
+  than the kind.
 
 Seeds: 930000+ and 940000+ are used by nothing else (training starts at 100000, evaluation at
 900000 and 910000). An encoder is a model folder (its ``image_cond_model``), a ``ckpts/NAME`` prefix
@@ -27,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import KINDS
+from ..data import KINDS, random_object, voxelize
+from ..metrics import voxel_extents
 from .views import GRID, PART_CATEGORIES, ViewSample, cached_views
 
 MIN_COVERAGE = 0.5
@@ -107,6 +113,21 @@ def _patch_rows(samples: Sequence[ViewSample], tokens: torch.Tensor, prefix: int
     return x, target
 
 
+def object_extents(samples: Sequence[ViewSample]) -> torch.Tensor:
+    """``[N, 3]``: each sample's object's bounding-box extents (x, y, z) as a share of the 64³ grid."""
+    memo: Dict[int, np.ndarray] = {}
+    for s in samples:
+        if s.seed not in memo:
+            memo[s.seed] = np.asarray(voxel_extents(np.asarray(voxelize(random_object(s.seed)).coords)[:, 1:])) / 64.0
+    return torch.as_tensor(np.stack([memo[s.seed] for s in samples]), dtype=torch.float32)
+
+
+def kind_mean_r2(kinds_fit, y_fit, kinds_test, y_test) -> float:
+    """R² on the test set of predicting ``y`` by the mean of its kind in the fit set."""
+    pred = torch.stack([y_fit[kinds_fit == k].mean(0) if (kinds_fit == k).any() else y_fit.mean(0) for k in kinds_test])
+    return float(1 - (y_test - pred).pow(2).sum() / (y_test - y_test.mean(0)).pow(2).sum())
+
+
 def probe_encoder(encoder, fit: Sequence[ViewSample], test: Sequence[ViewSample]) -> Dict[str, float]:
     """Every probe of :mod:`this module <fuse3d.train.probe>` for one encoder."""
     prefix = encoder.num_prefix_tokens
@@ -122,6 +143,10 @@ def probe_encoder(encoder, fit: Sequence[ViewSample], test: Sequence[ViewSample]
     kf = torch.as_tensor([s.kind for s in fit])
     kt = torch.as_tensor([s.kind for s in test])
     out["kind_accuracy"] = softmax_probe(tf[:, 0], kf, tt[:, 0], kt, len(KINDS))
+    ef, et = object_extents(fit), object_extents(test)
+    pooled = [torch.cat([t[:, 0], t[:, prefix:].mean(1)], 1) for t in (tf, tt)]
+    out["extents_r2"] = ridge_r2(pooled[0], ef, pooled[1], et, alpha=100.0)
+    out["extents_r2_kind"] = kind_mean_r2(kf, ef, kt, et)
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
