@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fuse3d.data import random_object, voxelize
-from fuse3d.train.probe import kind_mean_r2, load_encoder, object_extents, probe_encoder, ridge_r2, softmax_probe
+from fuse3d.train.probe import kind_mean_r2, kind_means, load_encoder, object_extents, probe_encoder, ridge_r2, softmax_probe
 from fuse3d.train.views import make_views
 
 
@@ -24,7 +24,7 @@ def test_probe_encoder_reports_every_score():
     fit, test = make_views([930000, 930001, 930002], views=1, size=160), make_views([940000, 940001], views=1, size=160)
     scores = probe_encoder(load_encoder("random:32,1,2"), fit, test)
     assert {"part_accuracy", "part_majority", "albedo_r2", "normal_r2", "position_r2", "kind_accuracy",
-            "extents_r2", "extents_r2_kind"} <= set(scores)
+            "extents_r2", "extents_r2_kind", "extents_r2_within_kind"} <= set(scores)
     assert 0 <= scores["part_accuracy"] <= 1 and scores["patches_fit"] > 50
 
 
@@ -38,3 +38,4 @@ def test_extents_are_the_objects_bounding_boxes_and_the_kind_baseline_is_its_mea
     y = torch.tensor([[1.0], [3.0], [10.0], [14.0]])
     # the kinds' means are 2 and 12: squared residuals 1 + 1 + 4 + 4 = 10, about the overall mean 7: 110
     assert kind_mean_r2(kinds, y, kinds, y) == pytest.approx(1 - 10 / 110)
+    assert kind_means(kinds, y, torch.tensor([1, 0, 5])).flatten().tolist() == [12.0, 2.0, 7.0]  # 5: no such kind

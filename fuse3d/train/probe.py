@@ -13,9 +13,10 @@ For each encoder, tokens of renders of the ``--fit-seeds`` objects fit the probe
 - ``kind_accuracy``: softmax regression of the object's kind from the CLS token;
 - ``extents_r2``: ridge regression (α = 100: there is one row per image, not per patch) of the
   object's bounding-box extents in the 64³ grid from the CLS token and the mean patch token, beside
-  ``extents_r2_kind``, the R² of guessing each kind's mean extents. The structure flow must read an
-  object's proportions off the tokens; a score near the kind's means says they carry little more
-  than the kind.
+  ``extents_r2_kind``, the R² of guessing each kind's mean extents, and ``extents_r2_within_kind``,
+  the same ridge regression of what the kind's mean leaves (extents minus the kind's mean, the true
+  kind given). The structure flow must read an object's proportions off the tokens: near 0 within
+  the kind says the tokens show a kind's usual proportions, not this object's.
 
 Seeds: 930000+ and 940000+ are used by nothing else (training starts at 100000, evaluation at
 900000 and 910000). An encoder is a model folder (its ``image_cond_model``), a ``ckpts/NAME`` prefix
@@ -122,9 +123,14 @@ def object_extents(samples: Sequence[ViewSample]) -> torch.Tensor:
     return torch.as_tensor(np.stack([memo[s.seed] for s in samples]), dtype=torch.float32)
 
 
+def kind_means(kinds_fit, y_fit, kinds) -> torch.Tensor:
+    """Per row of ``kinds``: the mean ``y`` of its kind in the fit set (the overall mean for a kind it lacks)."""
+    return torch.stack([y_fit[kinds_fit == k].mean(0) if (kinds_fit == k).any() else y_fit.mean(0) for k in kinds])
+
+
 def kind_mean_r2(kinds_fit, y_fit, kinds_test, y_test) -> float:
     """R² on the test set of predicting ``y`` by the mean of its kind in the fit set."""
-    pred = torch.stack([y_fit[kinds_fit == k].mean(0) if (kinds_fit == k).any() else y_fit.mean(0) for k in kinds_test])
+    pred = kind_means(kinds_fit, y_fit, kinds_test)
     return float(1 - (y_test - pred).pow(2).sum() / (y_test - y_test.mean(0)).pow(2).sum())
 
 
@@ -147,6 +153,8 @@ def probe_encoder(encoder, fit: Sequence[ViewSample], test: Sequence[ViewSample]
     pooled = [torch.cat([t[:, 0], t[:, prefix:].mean(1)], 1) for t in (tf, tt)]
     out["extents_r2"] = ridge_r2(pooled[0], ef, pooled[1], et, alpha=100.0)
     out["extents_r2_kind"] = kind_mean_r2(kf, ef, kt, et)
+    out["extents_r2_within_kind"] = ridge_r2(pooled[0], ef - kind_means(kf, ef, kf), pooled[1],
+                                             et - kind_means(kf, ef, kt), alpha=100.0)
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
