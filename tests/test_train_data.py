@@ -84,11 +84,10 @@ def test_closing_a_stream_drops_the_seeds_not_yet_started(tmp_path):
     ``ProcessPoolExecutor.shutdown(wait=False, cancel_futures=True)`` alone, with the pool dropped
     at once, let every queued seed be built, and interpreter exit waited for them (a chunk of 6 000
     seeds hung past its call's time limit)."""
+    import multiprocessing
     from functools import partial
 
     from fuse3d.train.stream import SampleStream
-
-    import multiprocessing
 
     stream = SampleStream(partial(_build_and_record, str(tmp_path)), list(range(400)), workers=2)
     stream.ready(wait=True)

@@ -1,8 +1,7 @@
 """Linear probes of encoder tokens."""
-import torch
-
 import numpy as np
 import pytest
+import torch
 
 from fuse3d.data import random_object, voxelize
 from fuse3d.train.probe import kind_mean_r2, kind_means, load_encoder, object_extents, probe_encoder, ridge_r2, softmax_probe
