@@ -1,5 +1,6 @@
 """The trainer on the tiny architecture (the same classes at toy width) and a few objects."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -330,8 +331,12 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
     common = ["--work", str(work), "--architecture", "tiny", "--objects", "2", "--views", "1", "--workers", "1",
               "--vae-batch", "1", "--flow-batch", "2", "--ss-batch", "2", "--render-size", "160",
               "--total-minutes", "0.05", "--data-cache", str(tmp_path / "data")]
-    T.main(common + ["--minutes", "0.12"])
+    T.main(common + ["--minutes", "0.12", "--copy-to", str(tmp_path / "out1")])
     first = json.loads((work / "ckpt" / "state.json").read_text())
+    # --copy-to: state.json and the files of every network the chunk trained, as the checkpoint holds them
+    vae_files = sorted(f"vae.{n}.safetensors" for n in T.VAE_NETS)
+    assert sorted(f.name for f in (tmp_path / "out1").iterdir()) == sorted(vae_files + ["state.json"])
+    assert all((tmp_path / "out1" / f).read_bytes() == (work / "ckpt" / f).read_bytes() for f in vae_files)
     assert first["encoder"] is None and first["steps"]["vae"] > 0 and first["steps"]["flow"] == 0
     assert first["slat_normalization"] is not None and "the flow phase needs --encoder" in capsys.readouterr().out
     with pytest.raises(ValueError, match="needs the --encoder"):
@@ -339,8 +344,19 @@ def test_the_autoencoder_phase_runs_without_an_encoder_and_the_flows_then_take_o
     for group in ("flows", "ema"):  # kept without the untrained flows, as a small checkpoint
         for part in (work / "ckpt").glob(f"{group}.*.safetensors"):
             part.unlink()
-    T.main(common + ["--encoder", str(encoder_prefix), "--minutes", "0.08"])
+    T.main(common + ["--encoder", str(encoder_prefix), "--minutes", "0.08", "--copy-to", str(tmp_path / "out2")])
     second = json.loads((work / "ckpt" / "state.json").read_text())
+    ema_files = sorted(f"ema.{n}.safetensors" for n in T.FLOW_NETS)  # the autoencoders stayed as they were
+    assert sorted(f.name for f in (tmp_path / "out2").iterdir()) == sorted(ema_files + ["state.json"])
+    kept = tmp_path / "kept" / "ckpt"  # the first chunk's copies, brought up to date by the second's
+    kept.mkdir(parents=True)
+    for f in [*(tmp_path / "out1").iterdir(), *(tmp_path / "out2").iterdir()]:
+        shutil.copy(f, kept)
+    resumed = T.Trainer(T.parse(T.TrainConfig, ["--work", str(kept.parent)] + common[2:] + ["--encoder", str(encoder_prefix)]),
+                        device="cpu")
+    resumed.load()
+    assert resumed.state.steps == second["steps"]
+    assert (kept / "ema.ss_flow.safetensors").read_bytes() == (work / "ckpt" / "ema.ss_flow.safetensors").read_bytes()
     assert second["steps"]["flow"] > 0 and second["steps"]["vae"] == first["steps"]["vae"]
     assert second["encoder"] == T.weights_digest(T.load_network(encoder_prefix, dtype="fp32"))
     with pytest.raises(ValueError, match="no --encoder was given"):  # the flows now belong to that encoder

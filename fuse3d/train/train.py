@@ -37,6 +37,7 @@ import copy
 import hashlib
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +97,9 @@ class TrainConfig:
                               "float32; a CPU runs float32, where bfloat16 3D convolutions are about 100x slower)")
     dense_conv: bool = option(True, "train the latent flow's 64³ convolutions through a dense grid (exact, faster on a GPU)")
     export: Optional[str] = option(None, "write the TRELLIS-format model folder here at the end")
+    copy_to: Optional[str] = option(None, "at the end, also copy into this folder what the chunk changed: state.json, "
+                                          "the EMA of each flow it trained and each autoencoder or decoder it "
+                                          "trained (a resume from those files restarts the flows from their EMA)")
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -227,6 +231,7 @@ class Trainer:
         self._trained_seeds: List[List[int]] = []  # the checkpoint's, before this chunk
         self._started = time.time()
         self._saved = time.time()
+        self._changed: set = set()  # checkpoint files whose weights this chunk changed
 
     @property
     def ckpt(self) -> Path:
@@ -305,6 +310,8 @@ class Trainer:
                     self.state.log.append(row)
             if time.time() - self._saved > 180:
                 self.save()
+        if local:
+            self._changed.update(f"ema.{n}.safetensors" if phase == "flow" else f"vae.{n}.safetensors" for n in names)
 
     def grow(self, at_least: int = 0) -> None:
         """Take the objects the stream has finished (waiting until there are ``at_least``, or none are
@@ -356,8 +363,19 @@ class Trainer:
               flush=True)
         print("checkpoint files (copy all of them to resume elsewhere):",
               " ".join(sorted(f.name for f in self.ckpt.glob("*.safetensors")) + ["state.json"]), flush=True)
+        if cfg.copy_to:
+            print("copied to", cfg.copy_to + ":", " ".join(self.copy_changed(Path(cfg.copy_to))), flush=True)
         if cfg.export and self.state.slat_normalization is not None:
             print("exported", self.export(Path(cfg.export)), flush=True)
+
+    def copy_changed(self, folder: Path) -> List[str]:
+        """Copy ``state.json`` and the files of the networks this chunk trained into ``folder``; returns
+        their names. Enough to bring a kept checkpoint up to date (its flows restart from their EMA)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        names = sorted(self._changed) + ["state.json"]
+        for name in names:
+            shutil.copyfile(self.ckpt / name, folder / name)
+        return names
 
     def train_chunk(self) -> None:
         """Both phases, for the rest of this chunk's time."""
@@ -375,6 +393,7 @@ class Trainer:
         if self.state.seconds["vae"] >= self.phase_budget("vae") and self.state.slat_normalization is None:
             self.grow(min(self.config.objects, NORMALIZATION_OBJECTS))
             self.state.structure_latent_scale = rescale_structure_latent(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
+            self._changed.update({"vae.ss_encoder.safetensors", "vae.ss_decoder.safetensors"})
             self.state.slat_normalization = latent_normalization(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
             print("structure latent rescaled by", self.state.structure_latent_scale, flush=True)
 
