@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..data import View, make_example_set, voxelize
+from ..data import View, VoxelObject, make_example_set, voxelize
 from ..metrics import voxel_extents, voxel_f_score
 from .data import condition_image, training_object, training_view
 
@@ -57,8 +57,8 @@ def structure_from_view(trellis, spec, view: View, seed: int = 0, **params) -> t
 
 def autoencoder_f_score(ss_encoder, ss_decoder, true: np.ndarray) -> float:
     """F-score of the true surface voxels ``[N, 3]`` through the structure autoencoder."""
-    occ = torch.zeros(1, 1, 64, 64, 64, device=next(ss_encoder.parameters()).device)
-    occ[0, 0, true[:, 0], true[:, 1], true[:, 2]] = 1
+    occ = torch.as_tensor(VoxelObject.from_coords(true).occupancy(), dtype=torch.float32,
+                          device=next(ss_encoder.parameters()).device)[None, None]
     with torch.no_grad():
         logits = ss_decoder(ss_encoder(occ))
     return _f(torch.argwhere(logits[:, 0] > 0).int(), true)

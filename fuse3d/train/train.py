@@ -150,6 +150,11 @@ def seeds_in(ranges: List[List[int]]) -> List[int]:
 
 
 # ============================================================================ checkpoint files
+def group_file(group: str, network: str) -> str:
+    """The file of one network of a checkpoint group, as :meth:`Trainer.save` writes it."""
+    return f"{group}.{network}.safetensors"
+
+
 def checkpoint_group_files(folder: Path, group: str) -> List[Path]:
     """A checkpoint group's files in ``folder``: split by network (``GROUP.NET.safetensors``, what
     :meth:`Trainer.save` writes) or, from an older trainer, whole (``GROUP.safetensors``). Both at once
@@ -231,7 +236,7 @@ class Trainer:
         self._trained_seeds: List[List[int]] = []  # the checkpoint's, before this chunk
         self._started = time.time()
         self._saved = time.time()
-        self._changed: set = set()  # checkpoint files whose weights this chunk changed
+        self._changed: set = set()  # networks whose weights this chunk changed
 
     @property
     def ckpt(self) -> Path:
@@ -311,7 +316,7 @@ class Trainer:
             if time.time() - self._saved > 180:
                 self.save()
         if local:
-            self._changed.update(f"ema.{n}.safetensors" if phase == "flow" else f"vae.{n}.safetensors" for n in names)
+            self._changed.update(names)
 
     def grow(self, at_least: int = 0) -> None:
         """Take the objects the stream has finished (waiting until there are ``at_least``, or none are
@@ -372,7 +377,8 @@ class Trainer:
         """Copy ``state.json`` and the files of the networks this chunk trained into ``folder``; returns
         their names. Enough to bring a kept checkpoint up to date (its flows restart from their EMA)."""
         folder.mkdir(parents=True, exist_ok=True)
-        names = sorted(self._changed) + ["state.json"]
+        names = sorted(group_file(g, n) for g, modules in self._groups().items() if g != "flows"
+                       for n in modules if n in self._changed) + ["state.json"]
         for name in names:
             shutil.copyfile(self.ckpt / name, folder / name)
         return names
@@ -393,7 +399,7 @@ class Trainer:
         if self.state.seconds["vae"] >= self.phase_budget("vae") and self.state.slat_normalization is None:
             self.grow(min(self.config.objects, NORMALIZATION_OBJECTS))
             self.state.structure_latent_scale = rescale_structure_latent(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
-            self._changed.update({"vae.ss_encoder.safetensors", "vae.ss_decoder.safetensors"})
+            self._changed.update({"ss_encoder", "ss_decoder"})
             self.state.slat_normalization = latent_normalization(self.nets, self.data[:NORMALIZATION_OBJECTS], self.device)
             print("structure latent rescaled by", self.state.structure_latent_scale, flush=True)
 
@@ -432,7 +438,7 @@ class Trainer:
         for group, modules in self._groups().items():
             for n, m in modules.items():
                 tensors = {f"{n}.{k}": v.half() for k, v in m.state_dict().items()}
-                write_safetensors(self.ckpt / f"{group}.{n}.safetensors", tensors)
+                write_safetensors(self.ckpt / group_file(group, n), tensors)
             (self.ckpt / f"{group}.safetensors").unlink(missing_ok=True)
         self.state.seeds = seed_ranges(seeds_in(self._trained_seeds) + [s.seed for s in self.data])
         self.state.objects = len(seeds_in(self.state.seeds))
