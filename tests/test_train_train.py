@@ -13,7 +13,7 @@ from fuse3d.train.config import parse
 from fuse3d.train.data import make_objects
 from fuse3d.trellis import load_pipeline
 from fuse3d.trellis.architectures import SMALL, TINY
-from fuse3d.trellis.checkpoint import read_safetensors, save_network, write_json, write_safetensors
+from fuse3d.trellis.checkpoint import read_json, read_safetensors, save_network, write_json, write_safetensors
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,7 @@ def test_one_step_trains_both_flows_and_never_the_frozen_encoder(trainer, object
         assert any(not torch.equal(a, b) for a, b in zip(before[n], trainer.nets[n].parameters())), n
     assert all(p.grad is None for p in trainer.encoder.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(ema_before, trainer.ema["slat_flow"].parameters()))
-    assert trainer.state.steps["flow"] == 1
+    assert trainer.state.steps["flow"] == 1 and trainer.state.flow_steps == {"ss_flow": 1, "slat_flow": 1}
 
 
 def test_the_dense_convolution_path_gives_the_same_loss(trainer, objects):
@@ -157,6 +157,11 @@ def test_flows_ss_trains_the_structure_flow_alone(tmp_path, encoder_prefix, obje
     t.data = objects
     _flow_ready(t, objects)
     assert set(t.flow_losses(np.array([0, 1, 2]))) == {"ss_flow"} and t._trained_flows() == ["ss_flow"]
+    group = [list(t.nets["ss_flow"].parameters())]
+    t.step("flow", torch.optim.AdamW(group[0], lr=1e-4), group, t.flow_losses, lr=1e-4)
+    assert t.state.steps["flow"] == 1 and t.state.flow_steps == {"ss_flow": 1, "slat_flow": 0}
+    t.state.steps["decoders"] = 0
+    assert "1 structure-flow + 0 latent-flow steps" in t.description()  # the model says what each flow had
 
 
 def test_time_mean_sets_where_the_flows_train(tmp_path, encoder_prefix, objects, monkeypatch):
@@ -178,10 +183,17 @@ def test_checkpoint_round_trip_keeps_networks_and_ema(tmp_path, encoder_prefix, 
         for p in trainer.ema["slat_flow"].parameters():
             p.add_(0.5)
     trainer.state.steps = {"vae": 1, "decoders": 3, "flow": 2}
+    trainer.state.flow_steps = {"ss_flow": 2, "slat_flow": 1}
     trainer.save()
     fresh = T.Trainer(tiny_config(tmp_path, encoder_prefix, seed=9), device="cpu")
     fresh.load()
     assert fresh.state == trainer.state
+    older = read_json(trainer.ckpt / "state.json")  # before --flows, every flow step trained both flows
+    del older["flow_steps"]
+    write_json(trainer.ckpt / "state.json", older)
+    fresh.load()
+    assert fresh.state.flow_steps == {"ss_flow": 2, "slat_flow": 2}
+    trainer.save()
     for name in ("ss_decoder", "slat_flow"):
         for a, b in zip(trainer.nets[name].parameters(), fresh.nets[name].parameters()):
             assert torch.allclose(a, b, atol=2e-3, rtol=1e-3)  # stored in fp16
@@ -387,13 +399,14 @@ def test_the_kept_gpu_checkpoint_resumes_on_the_small_architecture(tmp_path):
     shutil.copytree(kept / "latest", work / "ckpt")
     trainer = T.Trainer(T.TrainConfig(work=str(work), encoder=str(kept / "encoder"), objects=2400), device="cpu")
     trainer.load()
-    assert trainer.state.steps == {"vae": 4294, "decoders": 1899, "flow": 15379} and trainer.state.objects == 25499
+    assert trainer.state.steps == {"vae": 4294, "decoders": 1899, "flow": 36440} and trainer.state.objects == 39498
     assert trainer.state.seeds[0][0] == 100000 and trainer.state.seeds[-1][1] <= 900000  # never a test seed
     assert trainer.state.encoder == T.weights_digest(trainer.encoder)
     assert trainer.encoder.width == SMALL.width and len(trainer.encoder.vit.blocks) == 6
     bundled = load_pipeline(BUNDLED / SMALL_MODEL_NAME, progress=False)
     assert f"{trainer.state.objects} objects" in bundled.description
-    assert f"{trainer.state.steps['flow']} flow steps" in bundled.description
+    assert trainer.state.flow_steps == {"ss_flow": 36440, "slat_flow": 15379}  # chunks 14-16: the structure flow alone
+    assert "36440 structure-flow + 15379 latent-flow steps" in bundled.description
     for name in (*T.FLOW_NETS, "slat_decoder_gs"):
         ours, theirs = trainer.nets[name].state_dict(), getattr(bundled, name).state_dict()
         assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-3) for k in theirs), name

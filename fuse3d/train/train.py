@@ -132,6 +132,9 @@ class TrainState:
     structure_latent_scale: Optional[List[float]] = None
     log: List[dict] = field(default_factory=list)
     seeds: Optional[List[List[int]]] = None  # the seeds trained on, as ``[first, end)`` ranges
+    # the steps each flow took: ``steps["flow"]`` counts the flow phase's, and a chunk with ``--flows ss``
+    # (or ``slat``) trains one flow of the two
+    flow_steps: Dict[str, int] = field(default_factory=lambda: {n: 0 for n in FLOW_NETS})
 
 
 def seed_ranges(seeds) -> List[List[int]]:
@@ -286,6 +289,8 @@ class Trainer:
         opt.step()
         if phase == "flow":
             ema_update(self.ema, self.nets, self.state.steps["flow"], names=self._trained_flows())
+            for n in self._trained_flows():
+                self.state.flow_steps[n] += 1
         self.state.steps[phase] += 1
         self.state.seconds[phase] += time.time() - t0
         return {k: float(v.detach()) for k, v in losses.items()}
@@ -451,10 +456,13 @@ class Trainer:
         without the EMA's files the moving averages restart from the loaded flows; without the
         flows' files the flows restart from their moving averages (before any flow step:
         from their initialisation)."""
-        state = TrainState(**read_json(self.ckpt / "state.json"))
+        raw = read_json(self.ckpt / "state.json")
+        state = TrainState(**raw)
         for counter in (state.steps, state.seconds):  # written before the decoder phase existed
             for phase in PHASES:
                 counter.setdefault(phase, 0)
+        if "flow_steps" not in raw:  # written before --flows existed: every flow step trained both flows
+            state.flow_steps = {n: state.steps["flow"] for n in FLOW_NETS}
         if state.architecture != self.arch.name:
             raise ValueError(f"{self.ckpt} holds a {state.architecture!r} model, not {self.arch.name!r}")
         if state.encoder is not None and state.encoder != self.state.encoder:
@@ -496,8 +504,10 @@ class Trainer:
                if about else "a frozen pre-trained condition encoder")
         s = self.state
         decoders = f"{s.steps['decoders']} decoder fine-tuning + " if s.steps["decoders"] else ""
+        ss, slat = s.flow_steps["ss_flow"], s.flow_steps["slat_flow"]
+        flows = f"{ss} flow steps" if ss == slat else f"{ss} structure-flow + {slat} latent-flow steps"
         return (f"small TRELLIS-architecture model trained by fuse3d on procedural part-labelled objects "
-                f"({s.objects} objects, {s.steps['vae']} autoencoder + {decoders}{s.steps['flow']} flow steps) with {enc}; "
+                f"({s.objects} objects, {s.steps['vae']} autoencoder + {decoders}{flows}) with {enc}; "
                 "it knows only such objects (docs/evaluation.md)")
 
     def export(self, out: Path) -> Path:
