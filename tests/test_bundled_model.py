@@ -46,10 +46,10 @@ def _structure_f_score(pipe, seeds) -> float:
 def test_trained_structure_follows_the_image_unlike_random_weights(small, tiny_model_dir):
     """F-score at one voxel of the structure sampled from one image of a held-out object.
 
-    Measured when the model was bundled (2026-12-07, third session, 15 379 flow steps): 0.614 on these
-    8 objects, where the random model scores 0.08; 0.58 on the 14 evaluation objects of
-    docs/evaluation.md. (The previous bundled models scored 0.60 at 11 938 and 8 106 steps, 0.48 and
-    0.32 here.)"""
+    Measured when the model was bundled (2026-12-07, seventh session, 36 440 structure-flow steps):
+    0.608 on these 8 objects, where the random model scores 0.08; 0.63 on the 14 evaluation objects of
+    docs/evaluation.md. (The previous bundled models scored 0.614 at 15 379 steps (0.58 on the 14),
+    0.60 at 11 938 and 8 106 steps, 0.48 and 0.32 here.)"""
     trained = _structure_f_score(small, HELD_OUT)
     random = _structure_f_score(Fuse3D.from_pretrained(tiny_model_dir, progress=False), HELD_OUT)
     assert trained > 0.52 and trained > 5 * random, (trained, random)
@@ -66,7 +66,7 @@ def test_forward_alignment_finds_the_parts_better_than_selecting_everything(smal
     """The method visibly works on the bundled model: on held-out objects (true structure), the
     aligned voxels at the model's own defaults match each local image's part better than selecting
     every voxel does. Measured when bundled (2026-12-07, third session, 15 379 flow steps, head 0 at
-    0.6), at latent_steps=6 on these two objects (4 parts): mean IoU 0.74 against 0.46 for select-all
+    0.6; the latent flow has not trained since), at latent_steps=6 on these two objects (4 parts): mean IoU 0.74 against 0.46 for select-all
     (0.78 against 0.34 on the 14 evaluation objects of docs/evaluation.md). (The previous bundled
     models scored 0.69, 0.73, 0.56 and the select-all level here.)"""
     from fuse3d.metrics import alignment_table
