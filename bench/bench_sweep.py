@@ -9,7 +9,7 @@ CPU. Prints each executor's wall time, the per-case seconds (median, min–max),
 (settings per second of a case's cached retunes) and whether the two tables agree.
 
 ``--full-size`` writes a TRELLIS-image-large-architecture model with random weights (every network
-of the published folder, DINOv2 ViT-L/14 with registers included; about 7 GB) to the temporary
+of the published folder, DINOv2 ViT-L/14 with registers included; 1.71 billion parameters) to the temporary
 folder first, as issue 18's GPU sweep asks. On one GPU, ``--workers 2 --gpus-per-case 0.5`` puts
 two Ray workers on it. ``--kill-after S`` runs the Ray sweep once more on a fresh cache, with the
 worker of the first case to start killed S seconds into that case: Ray runs the case again, and the
@@ -48,12 +48,13 @@ def write_full_size_model(folder: Path) -> Path:
     from bench_fuse3d import SAMPLERS
     from bench_trellis_forward import MANIFEST, full_size
     from fuse3d.trellis.dinov2 import DinoV2Encoder
-    from fuse3d.trellis.pipeline import write_pipeline
+    from fuse3d.trellis.pipeline import MODEL_KEYS, write_pipeline
     from fuse3d.tiny_model import randomize_
 
     manifest = json.loads(MANIFEST.read_text())
-    networks = {key: (full_size(ckpt, "cpu", torch.float32), ckpt, manifest[ckpt]["name"], manifest[ckpt]["args"])
-                for key, ckpt in FULL_SIZE.items()}
+    key_of = {attr: key for key, attr in MODEL_KEYS.items()}  # pipeline.json's name of each network
+    networks = {key_of[attr]: (full_size(ckpt, "cpu", torch.float32), ckpt, manifest[ckpt]["name"], manifest[ckpt]["args"])
+                for attr, ckpt in FULL_SIZE.items()}
     encoder = randomize_(DinoV2Encoder("vit_large_patch14_reg4_dinov2", 518).eval(), torch.Generator().manual_seed(1))
     return write_pipeline(folder, networks, (encoder, "dinov2_vitl14_reg_random"), SAMPLERS["sparse_structure_sampler"],
                           SAMPLERS["slat_sampler"], {"mean": [0.0] * 8, "std": [1.0] * 8},

@@ -160,7 +160,6 @@ def test_flows_ss_trains_the_structure_flow_alone(tmp_path, encoder_prefix, obje
     group = [list(t.nets["ss_flow"].parameters())]
     t.step("flow", torch.optim.AdamW(group[0], lr=1e-4), group, t.flow_losses, lr=1e-4)
     assert t.state.steps["flow"] == 1 and t.state.flow_steps == {"ss_flow": 1, "slat_flow": 0}
-    t.state.steps["decoders"] = 0
     assert "1 structure-flow + 0 latent-flow steps" in t.description()  # the model says what each flow had
 
 
