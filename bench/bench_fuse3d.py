@@ -39,7 +39,7 @@ from fuse3d.cache import Cache  # noqa: E402
 from fuse3d.metrics import iou  # noqa: E402
 from fuse3d.trellis.sampler import CallTracker  # noqa: E402
 from fuse3d.spec import example_spec, load_spec  # noqa: E402
-from bench_trellis_forward import full_size  # noqa: E402
+from bench_trellis_forward import FULL_SIZE, full_size  # noqa: E402
 from fuse3d.tiny_model import shell_structure  # noqa: E402
 from fuse3d.trellis.attention import use_attn_processors  # noqa: E402
 from fuse3d.trellis.dinov2 import DinoV2Encoder  # noqa: E402
@@ -55,8 +55,7 @@ SAMPLERS = {
 
 
 def full_size_pipeline(dev: str) -> TrellisPipeline:
-    names = {"ss_flow": "ss_flow_img_dit_L_16l8_fp16", "ss_decoder": "ss_dec_conv3d_16l8_fp16",
-             "slat_flow": "slat_flow_img_dit_L_64l8p2_fp16", "slat_decoder_mesh": "slat_dec_mesh_swin8_B_64l8m256c_fp16"}
+    names = {attr: ckpt for attr, ckpt in FULL_SIZE.items() if attr != "slat_decoder_gs"}  # the bench decodes meshes
     dtype = torch.float16 if dev == "cuda" else torch.float32
     nets = {attr: full_size(ckpt, dev, dtype) for attr, ckpt in names.items()}
     with torch.device(dev):

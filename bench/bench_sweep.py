@@ -32,10 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuse3d import Fuse3D  # noqa: E402
 from fuse3d.sweep import InProcess, RayExecutor, Sweep, cases, run_job  # noqa: E402
 
-FULL_SIZE = {"ss_flow": "ss_flow_img_dit_L_16l8_fp16", "ss_decoder": "ss_dec_conv3d_16l8_fp16",
-             "slat_flow": "slat_flow_img_dit_L_64l8p2_fp16", "slat_decoder_gs": "slat_dec_gs_swin8_B_64l8gs32_fp16",
-             "slat_decoder_mesh": "slat_dec_mesh_swin8_B_64l8m256c_fp16"}
-
 
 def grid_of(num_heads: int) -> dict:
     heads = [[h] for h in range(min(num_heads, 8))] + [[0, 1], list(range(num_heads))]
@@ -46,7 +42,7 @@ def write_full_size_model(folder: Path) -> Path:
     """TRELLIS-image-large's networks (the published folder's names and arguments) with random
     weights, and a random DINOv2 ViT-L/14 with registers, as a TRELLIS-format folder."""
     from bench_fuse3d import SAMPLERS
-    from bench_trellis_forward import MANIFEST, full_size
+    from bench_trellis_forward import FULL_SIZE, MANIFEST, full_size
     from fuse3d.trellis.dinov2 import DinoV2Encoder
     from fuse3d.trellis.pipeline import MODEL_KEYS, write_pipeline
     from fuse3d.tiny_model import randomize_

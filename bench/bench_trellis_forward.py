@@ -20,6 +20,10 @@ from fuse3d.trellis import SparseTensor, build  # noqa: E402
 from timing import measure  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference" / "trellis_image_large_manifest.json"
+# the published TRELLIS-image-large checkpoint of each network (the manifest's keys), by pipeline attribute
+FULL_SIZE = {"ss_flow": "ss_flow_img_dit_L_16l8_fp16", "ss_decoder": "ss_dec_conv3d_16l8_fp16",
+             "slat_flow": "slat_flow_img_dit_L_64l8p2_fp16", "slat_decoder_gs": "slat_dec_gs_swin8_B_64l8gs32_fp16",
+             "slat_decoder_mesh": "slat_dec_mesh_swin8_B_64l8m256c_fp16"}
 
 
 def full_size(name: str, device: str, dtype: torch.dtype):

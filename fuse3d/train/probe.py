@@ -90,6 +90,12 @@ def softmax_probe(x_fit, y_fit, x_test, y_test, classes: int, weight_decay: floa
         return float((lin(x_test).argmax(1) == y_test).float().mean())
 
 
+def r2(y, pred) -> float:
+    """Coefficient of determination of ``pred`` for ``y``, over all output channels (in float64)."""
+    y, pred = y.double(), pred.double()
+    return float(1 - (y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+
+
 def ridge_r2(x_fit, y_fit, x_test, y_test, alpha: float = 1.0) -> float:
     """R² on the test set (over all output channels) of a ridge regression."""
     x_fit, x_test = _standardise(x_fit, x_test)
@@ -97,10 +103,7 @@ def ridge_r2(x_fit, y_fit, x_test, y_test, alpha: float = 1.0) -> float:
     reg = alpha * torch.eye(a.shape[1], dtype=torch.float64)
     reg[-1, -1] = 0
     w = torch.linalg.solve(a.T @ a + reg, a.T @ y_fit.double())
-    pred = torch.cat([x_test, torch.ones(len(x_test), 1)], 1).double() @ w
-    resid = (y_test.double() - pred).pow(2).sum()
-    total = (y_test.double() - y_test.double().mean(0)).pow(2).sum()
-    return float(1 - resid / total)
+    return r2(y_test, torch.cat([x_test, torch.ones(len(x_test), 1)], 1).double() @ w)
 
 
 def _patch_rows(samples: Sequence[ViewSample], tokens: torch.Tensor, prefix: int):
@@ -130,8 +133,7 @@ def kind_means(kinds_fit, y_fit, kinds) -> torch.Tensor:
 
 def kind_mean_r2(kinds_fit, y_fit, kinds_test, y_test) -> float:
     """R² on the test set of predicting ``y`` by the mean of its kind in the fit set."""
-    pred = kind_means(kinds_fit, y_fit, kinds_test)
-    return float(1 - (y_test - pred).pow(2).sum() / (y_test - y_test.mean(0)).pow(2).sum())
+    return r2(y_test, kind_means(kinds_fit, y_fit, kinds_test))
 
 
 def probe_encoder(encoder, fit: Sequence[ViewSample], test: Sequence[ViewSample]) -> Dict[str, float]:
