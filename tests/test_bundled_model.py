@@ -65,10 +65,10 @@ def test_bundled_folder_is_the_trellis_format():
 def test_forward_alignment_finds_the_parts_better_than_selecting_everything(small):
     """The method visibly works on the bundled model: on held-out objects (true structure), the
     aligned voxels at the model's own defaults match each local image's part better than selecting
-    every voxel does. Measured when bundled (2026-12-07, third session, 15 379 flow steps, head 0 at
-    0.6; the latent flow has not trained since), at latent_steps=6 on these two objects (4 parts):
-    mean IoU 0.74 against 0.46 for select-all (0.78 against 0.34 on the 14 evaluation objects of
-    docs/evaluation.md). (The previous bundled models scored 0.69, 0.73, 0.56 and the select-all
+    every voxel does. Measured when bundled (2026-12-07, eighth session, 20 600 latent-flow steps,
+    head 0 at 0.6), at latent_steps=6 on these two objects (4 parts): mean IoU 0.74 against 0.46 for
+    select-all (0.73 against 0.34 on the 14 evaluation objects of docs/evaluation.md). (The previous
+    bundled models scored 0.74 at 15 379 latent-flow steps, 0.69, 0.73, 0.56 and the select-all
     level here.)"""
     from fuse3d.metrics import alignment_table
 
