@@ -81,3 +81,17 @@ def part_color_error(rgb: np.ndarray, target: np.ndarray, label: np.ndarray) -> 
     """Mean absolute RGB error per part (``label``), averaged over parts."""
     errs = [np.abs(rgb[label == p] - target[label == p]).mean() for p in np.unique(label)]
     return float(np.mean(errs))
+
+
+def fused_color_scores(rgb: np.ndarray, target: np.ndarray) -> dict:
+    """How one part's colours ``rgb [n, 3]`` differ from its ``target [n, 3]``: ``error`` (mean
+    absolute RGB error per voxel), split into ``mean_color_error`` (the part's mean colour against the
+    target's, mean over channels: a shift of the whole part) and ``spread`` (the per-channel standard
+    deviation of the part's colours, mean over channels: scatter within it), with ``target_spread``
+    (the target's own, non-zero for a patterned part) for scale."""
+    rgb, target = np.asarray(rgb, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if rgb.shape != target.shape or rgb.ndim != 2 or len(rgb) == 0:
+        raise ValueError(f"need two equal, non-empty [n, 3] colour arrays, got {rgb.shape} and {target.shape}")
+    return {"error": float(np.abs(rgb - target).mean()),
+            "mean_color_error": float(np.abs(rgb.mean(0) - target.mean(0)).mean()),
+            "spread": float(rgb.std(0).mean()), "target_spread": float(target.std(0).mean())}

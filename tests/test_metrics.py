@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fuse3d.metrics import iou, part_color_error, voxel_extents, voxel_f_score, voxel_iou
+from fuse3d.metrics import fused_color_scores, iou, part_color_error, voxel_extents, voxel_f_score, voxel_iou
 
 
 def cube(offset=0, n=4):
@@ -34,6 +34,20 @@ def test_part_color_error_averages_parts_not_voxels():
     target = np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0], [0, 0, 0]], float)
     label = np.array([0, 1, 1, 1])
     assert part_color_error(rgb, target, label) == pytest.approx(0.5)  # (1 + 0) / 2, not 1/4
+
+
+def test_fused_color_scores_tell_a_shifted_part_from_a_scattered_one():
+    target = np.full((4, 3), 0.5)
+    shifted = fused_color_scores(target + 0.2, target)  # the whole part 0.2 off: no scatter
+    scattered = fused_color_scores(target + np.array([[0.2], [-0.2], [0.2], [-0.2]]), target)  # right on average
+    assert shifted["error"] == pytest.approx(0.2) and scattered["error"] == pytest.approx(0.2)
+    assert shifted["mean_color_error"] == pytest.approx(0.2) and shifted["spread"] == pytest.approx(0)
+    assert scattered["mean_color_error"] == pytest.approx(0) and scattered["spread"] == pytest.approx(0.2)
+    assert fused_color_scores(np.eye(3), np.eye(3))["target_spread"] > 0  # a patterned target has its own spread
+    with pytest.raises(ValueError, match="non-empty"):
+        fused_color_scores(np.zeros((0, 3)), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="equal"):
+        fused_color_scores(np.zeros((2, 3)), np.zeros((3, 3)))
 
 
 def test_mask_iou():

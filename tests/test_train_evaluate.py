@@ -26,6 +26,7 @@ def test_summary_scores_the_setting_chosen_on_the_tuning_objects():
     assert s["alignment_tuned"]["heads"] == [3] and s["alignment_iou_tuned"] == pytest.approx(0.5)
     assert s["alignment_iou_oracle"] == pytest.approx(0.9) and s["alignment_iou_select_all"] == pytest.approx(0.3)
     assert s["fused_color_error_ratio"] == pytest.approx(0.25) and s["structure_voxels_ratio"] == pytest.approx(0.9)
+    assert "fused_spread_plain" not in s  # rows of an older output carry no spread
     # at a model's own defaults, the default score is that setting's
     from fuse3d.params import ModelDefaults
 
@@ -88,8 +89,11 @@ def test_evaluate_example_reports_every_metric(pipe, evaluated):
     assert len(e["alignment"]) == len(tuning_grid(pipe.trellis.slat_flow.num_heads)) * len(THRESHOLDS) * k
     assert sorted((f["local"], f["enhancement"]) for f in e["fusion"]) == sorted(
         (i, flag) for i in range(k) for flag in (False, True))
+    assert all(f["error"] >= f["mean_color_error"] and f["spread"] >= 0 for f in e["fusion"])
     s = summarize([e], [e])
     assert s["alignment_iou_tuned"] == s["alignment_iou_oracle"] >= s["alignment_iou_default"]
+    plain_spread = np.mean([f["spread"] for f in e["fusion"] if not f["enhancement"]])
+    assert s["fused_spread_plain"] == pytest.approx(plain_spread) and "fused_mean_color_error_enhanced" in s
 
 
 def test_the_lambda_sweep_starts_at_the_plain_and_default_fused_errors(pipe, evaluated):
@@ -102,6 +106,8 @@ def test_the_lambda_sweep_starts_at_the_plain_and_default_fused_errors(pipe, eva
     assert sweep["strengths"] == [0.0, 1.0, 4.0] and len(sweep["no_reverse"]) == 3
     assert sweep["reverse"][:2] == pytest.approx([plain, default], abs=1e-6)
     assert sweep["no_reverse"] != pytest.approx(sweep["reverse"])
+    spread = np.mean([f["spread"] for f in e["fusion"] if f["enhancement"]])
+    assert sweep["spread"]["reverse"][1] == pytest.approx(spread, abs=1e-6) and len(sweep["spread"]["no_reverse"]) == 3
 
 
 def test_write_result_is_json_that_reads_back(tmp_path):

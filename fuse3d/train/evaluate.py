@@ -22,7 +22,9 @@ Objects from these seeds are never trained on (training uses seeds from 100 000 
    voxel scores the part's share of the object (``alignment_iou_select_all``).
 3. **Fusion** — on the true structure: the colour error of each local image's part against that
    image's colours (the restyled part, pattern included), with local attention enhancement (default
-   λ) and without (``enhancement=False``, λ = 1).
+   λ) and without (``enhancement=False``, λ = 1); and where that error lies
+   (:func:`fuse3d.metrics.fused_color_scores`): the error of the part's mean colour (a shift) and the
+   spread of its colours (scatter), reported as ``fused_mean_color_error_*`` and ``fused_spread_*``.
 
 ``--tune-only --write-defaults`` runs the tuning seeds alone and writes the chosen setting into the
 model folder's ``pipeline.json`` as its own defaults (tuning seeds only: the test seeds never choose
@@ -40,7 +42,7 @@ import torch
 
 from ..assets.gaussians import Gaussians
 from ..data import ExampleSet
-from ..metrics import alignment_table, mean_iou, part_color_error, voxel_f_score, voxel_iou
+from ..metrics import alignment_table, fused_color_scores, mean_iou, part_color_error, voxel_f_score, voxel_iou
 from ..params import DEFAULT_HEADS, PAPER_DEFAULTS, ModelDefaults
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7)
@@ -62,6 +64,14 @@ def thresholds_for(defaults: ModelDefaults) -> List[float]:
 
 
 # ============================================================================ one example
+def _fused_scores(ex: ExampleSet, run) -> List[dict]:
+    """:func:`~fuse3d.metrics.fused_color_scores` of each local image's true part in ``run``'s
+    decoded colours (the run is on the example's true structure)."""
+    centres = (ex.voxels.coords[:, 1:] + 0.5) / 64 - 0.5
+    rgb = run.gaussians.voxel_colors(len(run.structure))
+    return [fused_color_scores(rgb[part], ex.local_target(k, centres)[part]) for k, part in enumerate(ex.truth())]
+
+
 def _gaussians(pipe, slat) -> Gaussians:
     dec = pipe.trellis.slat_decoder_gs
     return Gaussians.from_decoder_output(dec, dec.decode_features(slat))
@@ -95,15 +105,8 @@ def evaluate_example(pipe, seed: int, seed_run: int = 0, **params) -> dict:
     out["part_share"] = [float(t.mean()) for t in ex.truth()]
 
     # 3. fused part colour, with and without local attention enhancement
-    fusion = []
-    centres = (true + 0.5) / 64 - 0.5
-    for enhanced in (True, False):
-        r = run if enhanced else run.retune(enhancement=False)
-        rgb = r.gaussians.voxel_colors(len(coords))
-        for k, truth in enumerate(ex.truth()):
-            err = float(np.abs(rgb[truth] - ex.local_target(k, centres)[truth]).mean())
-            fusion.append({"local": k, "enhancement": enhanced, "error": err})
-    out["fusion"] = fusion
+    out["fusion"] = [{"local": k, "enhancement": enhanced, **scores} for enhanced in (True, False)
+                     for k, scores in enumerate(_fused_scores(ex, run if enhanced else run.retune(enhancement=False)))]
     return out
 
 
@@ -112,28 +115,28 @@ def lambda_sweep(pipe, seeds: Sequence[int], strengths: Sequence[float], seed_ru
     """The fused parts' colour error (as in 3.) against λ's strength ``s`` (``0``: no enhancement), with
     the reverse alignment (the default) and without it (the *w/o R.A.* ablation, every global token
     fed), on the true structure: ``{"strengths", "reverse": [mean error per s], "no_reverse": [...],
-    "per_seed": ...}``. Shows whether λ moves the colour monotonically. ``params``: Fuse3D parameters."""
+    "spread": {"reverse": [...], "no_reverse": [...]}, "per_seed": ...}``, where ``spread`` is the
+    scatter of the parts' colours (:func:`~fuse3d.metrics.fused_color_scores`). Shows whether λ moves
+    the colour monotonically, and whether it shifts the parts or scatters them. ``params``: Fuse3D
+    parameters."""
     from tqdm.auto import tqdm
 
+    names = ("reverse", "no_reverse")
     per_seed = []
     for seed in tqdm(list(seeds), desc="λ sweep", disable=not progress):
         ex = ExampleSet.from_seed(seed)
-        true = ex.voxels.coords[:, 1:]
-        centres = (true + 0.5) / 64 - 0.5
         run = pipe.run(ex.global_condition, ex.local_conditions, seed=seed_run, structure=ex.voxels.coords, lazy=True,
                        **params)
-        row = {"seed": seed}
-        for name, reverse in (("reverse", True), ("no_reverse", False)):
-            errors = []
-            for s in strengths:
-                r = run.retune(reverse_alignment=reverse, enhancement=s > 0, strength=max(float(s), 0.0))
-                rgb = r.gaussians.voxel_colors(len(run.structure))
-                errors.append(float(np.mean([np.abs(rgb[t] - ex.local_target(k, centres)[t]).mean()
-                                             for k, t in enumerate(ex.truth())])))
-            row[name] = errors
+        row = {"seed": seed, "spread": {}}
+        for name, reverse in zip(names, (True, False)):
+            scores = [_fused_scores(ex, run.retune(reverse_alignment=reverse, enhancement=s > 0, strength=max(float(s), 0.0)))
+                      for s in strengths]
+            row[name] = [float(np.mean([p["error"] for p in parts])) for parts in scores]
+            row["spread"][name] = [float(np.mean([p["spread"] for p in parts])) for parts in scores]
         per_seed.append(row)
-    mean = {name: np.mean([r[name] for r in per_seed], axis=0).tolist() for name in ("reverse", "no_reverse")}
-    return {"strengths": [float(s) for s in strengths], **mean, "per_seed": per_seed}
+    mean = {name: np.mean([r[name] for r in per_seed], axis=0).tolist() for name in names}
+    spread = {name: np.mean([r["spread"][name] for r in per_seed], axis=0).tolist() for name in names}
+    return {"strengths": [float(s) for s in strengths], **mean, "spread": spread, "per_seed": per_seed}
 
 
 # ============================================================================ whole evaluation
@@ -153,7 +156,11 @@ def summarize(test: List[dict], tune: List[dict], defaults: ModelDefaults = PAPE
     best, best_iou = tuned_setting(tune)
     on_test = mean_iou([r for e in test for r in e["alignment"]])
     default = (tuple(defaults.heads), float(defaults.threshold))
-    fused = {flag: mean(f["error"] for e in test for f in e["fusion"] if f["enhancement"] == flag) for flag in (True, False)}
+    rows = [f for e in test for f in e["fusion"]]
+
+    def fused(key: str, flag: bool) -> float:
+        return mean(f[key] for f in rows if f["enhancement"] == flag)
+
     return {
         "objects": len(test),
         "structure_iou": mean(e["structure"]["iou"] for e in test),
@@ -166,9 +173,13 @@ def summarize(test: List[dict], tune: List[dict], defaults: ModelDefaults = PAPE
         "alignment_tuned": {"heads": list(best[0]), "threshold": best[1], "tune_iou": best_iou},
         "alignment_iou_oracle": max(on_test.values()),
         "alignment_iou_select_all": mean(v for e in test for v in e["part_share"]),
-        "fused_color_error_enhanced": fused[True],
-        "fused_color_error_plain": fused[False],
-        "fused_color_error_ratio": fused[True] / max(fused[False], 1e-9),
+        "fused_color_error_enhanced": fused("error", True),
+        "fused_color_error_plain": fused("error", False),
+        "fused_color_error_ratio": fused("error", True) / max(fused("error", False), 1e-9),
+        # where the fused error lies (rows of an older output lack these)
+        **({f"fused_{key}_{name}": fused(key, flag) for key in ("mean_color_error", "spread")
+            for name, flag in (("enhanced", True), ("plain", False))}
+           if all("spread" in f for f in rows) else {}),
     }
 
 
