@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Opti
 import numpy as np
 
 from .cache import Entry, stage_key
-from .metrics import mask_scores
+from .metrics import fused_color_scores, mask_scores
 from .params import Fuse3DParams
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def _case_rows(case: Case, loaded: tuple, pipe, settings: List[dict], params: di
                 t = truth[k]
                 row.update(**mask_scores(aligned, t), select_all_iou=float(t.mean()))
                 if final and example.variants[k] is not None:
-                    row["fused_color_error"] = float(np.abs(rgb[t] - example.local_target(k, centres)[t]).mean())
+                    row["fused_color_error"] = fused_color_scores(rgb[t], example.local_target(k, centres)[t])["error"]
             rows.append(row)
     return rows
 

@@ -67,8 +67,7 @@ def thresholds_for(defaults: ModelDefaults) -> List[float]:
 def _fused_scores(ex: ExampleSet, run) -> List[dict]:
     """:func:`~fuse3d.metrics.fused_color_scores` of each local image's true part in ``run``'s
     decoded colours (the run is on the example's true structure)."""
-    centres = (ex.voxels.coords[:, 1:] + 0.5) / 64 - 0.5
-    rgb = run.gaussians.voxel_colors(len(run.structure))
+    rgb, centres = run.gaussians.voxel_colors(len(run.structure)), ex.voxels.positions()
     return [fused_color_scores(rgb[part], ex.local_target(k, centres)[part]) for k, part in enumerate(ex.truth())]
 
 
