@@ -160,6 +160,7 @@ def summarize(test: List[dict], tune: List[dict], defaults: ModelDefaults = PAPE
     def fused(key: str, flag: bool) -> float:
         return mean(f[key] for f in rows if f["enhancement"] == flag)
 
+    enhanced, plain = fused("error", True), fused("error", False)
     return {
         "objects": len(test),
         "structure_iou": mean(e["structure"]["iou"] for e in test),
@@ -172,9 +173,9 @@ def summarize(test: List[dict], tune: List[dict], defaults: ModelDefaults = PAPE
         "alignment_tuned": {"heads": list(best[0]), "threshold": best[1], "tune_iou": best_iou},
         "alignment_iou_oracle": max(on_test.values()),
         "alignment_iou_select_all": mean(v for e in test for v in e["part_share"]),
-        "fused_color_error_enhanced": fused("error", True),
-        "fused_color_error_plain": fused("error", False),
-        "fused_color_error_ratio": fused("error", True) / max(fused("error", False), 1e-9),
+        "fused_color_error_enhanced": enhanced,
+        "fused_color_error_plain": plain,
+        "fused_color_error_ratio": enhanced / max(plain, 1e-9),
         # where the fused error lies (rows of an older output lack these)
         **({f"fused_{key}_{name}": fused(key, flag) for key in ("mean_color_error", "spread")
             for name, flag in (("enhanced", True), ("plain", False))}
